@@ -1,0 +1,145 @@
+"""Command line: parse, build a config, call one library function, render. Nothing else."""
+
+from __future__ import annotations
+
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .errors import GateFailed, LabelfixError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Find and fix wrong labels in image classification datasets.",
+    pretty_exceptions_enable=False,
+)
+
+
+class RichProgress:
+    """Progress bars on stderr."""
+
+    def __init__(self, enabled: bool = True):
+        from rich.console import Console
+
+        self.console = Console(stderr=True)
+        self.enabled = enabled and self.console.is_terminal
+
+    @contextmanager
+    def task(self, description: str, total):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        if not self.enabled:
+            from .progress import _NullTask
+
+            yield _NullTask()
+            return
+        with Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            console=self.console, transient=True,
+        ) as prog:
+            tid = prog.add_task(description, total=total)
+
+            class _T:
+                def advance(self, n: int = 1):
+                    prog.advance(tid, n)
+
+            yield _T()
+
+    def log(self, message: str) -> None:
+        if self.enabled:
+            self.console.print(message)
+
+
+def _fail(exc: LabelfixError) -> None:
+    msg = " ".join(str(exc).split())
+    typer.echo(f"labelfix: error: {msg}", err=True)
+    raise typer.Exit(exc.exit_code)
+
+
+def _classes(value: Optional[str]) -> Optional[list[str]]:
+    if value is None:
+        return None
+    p = Path(value)
+    if p.is_file():
+        names = [line.strip() for line in p.read_text().splitlines() if line.strip()]
+    else:
+        names = [s.strip() for s in value.split(",") if s.strip()]
+    if len(names) < 2 or len(set(names)) != len(names):
+        raise typer.BadParameter("needs at least two distinct class names", param_hint="--classes")
+    return names
+
+
+@app.command()
+def scan(
+    images_dir: Annotated[Optional[Path], typer.Argument(help="Folder of images (paths in the CSV are relative to it).")] = None,
+    labels: Annotated[Optional[Path], typer.Option("--labels", help="CSV with a path and a label column.")] = None,
+    path_col: Annotated[str, typer.Option(help="Name of the CSV's path column.")] = "path",
+    label_col: Annotated[str, typer.Option(help="Name of the CSV's label column.")] = "label",
+    classes: Annotated[Optional[str], typer.Option(help="Class names in order: comma list or a file, one per line.")] = None,
+    pred_probs: Annotated[Optional[Path], typer.Option("--pred-probs", help="(N, C) .npy of out-of-sample probabilities; replaces the teacher.")] = None,
+    embeddings: Annotated[Optional[Path], typer.Option(help="(N, D) .npy of embeddings for the graph (with --pred-probs).")] = None,
+    out: Annotated[Path, typer.Option("--out", help="Run directory.")] = Path("labelfix-out"),
+    teacher: Annotated[str, typer.Option(help="auto | torchvision architecture | checkpoint path.")] = "auto",
+    weights: Annotated[Optional[str], typer.Option(help="torchvision weights name for a pretrained teacher (e.g. DEFAULT).")] = None,
+    arch: Annotated[Optional[str], typer.Option(help="torchvision architecture of a state-dict checkpoint.")] = None,
+    folds: Annotated[int, typer.Option(help="K of the K-fold cross-fitting.")] = 2,
+    epochs: Annotated[int, typer.Option(help="Epochs per fold for the auto teacher (0 = from data size).")] = 0,
+    image_size: Annotated[int, typer.Option(help="Resize images to this side (0 = from the data).")] = 0,
+    k: Annotated[int, typer.Option("--k", help="Neighbours per sample in the kNN graph.")] = 20,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
+    seed: Annotated[int, typer.Option(help="Seed for every random choice.")] = 0,
+    fail_above: Annotated[Optional[float], typer.Option("--fail-above", help="Exit 10 if the estimated share of wrong labels exceeds this.")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout instead of a table.")] = False,
+) -> None:
+    """Embed with a teacher, build a kNN graph, estimate noise and flag likely wrong labels."""
+    from .config import ScanConfig, TeacherConfig
+    from .pipeline import ScanInputs
+    from .pipeline import scan as run_scan
+    from .render import render_scan
+
+    if fail_above is not None and not 0.0 <= fail_above <= 1.0:
+        raise typer.BadParameter("must be in [0, 1]", param_hint="--fail-above")
+    try:
+        cfg = ScanConfig(
+            k=k, seed=seed, device=device,
+            teacher=TeacherConfig(teacher=teacher, weights=weights, arch=arch, folds=folds, epochs=epochs, image_size=image_size),
+        )
+        inputs = ScanInputs(images_dir, labels, path_col, label_col, _classes(classes), pred_probs, embeddings)
+        result = run_scan(inputs, cfg, out, RichProgress(not json_out))
+    except LabelfixError as exc:
+        _fail(exc)
+    render_scan(result.summary, json_out)
+    rate = result.summary["estimated_noise_rate"]
+    if fail_above is not None and rate > fail_above:
+        _fail(GateFailed(f"estimated share of wrong labels {rate:.4f} exceeds --fail-above {fail_above}"))
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option("--out", help="Folder for the demo data and run.")] = Path("labelfix-demo"),
+    noise: Annotated[float, typer.Option(help="Share of labels flipped at random.")] = 0.2,
+    seed: Annotated[int, typer.Option(help="Seed for the noise and the pipeline.")] = 0,
+) -> None:
+    """Inject label noise into scikit-learn's digits, scan them, and score the flags."""
+    from .demo import run_demo
+    from .render import render_demo
+
+    if not 0.0 <= noise < 1.0:
+        raise typer.BadParameter("must be in [0, 1)", param_hint="--noise")
+    try:
+        result, metrics = run_demo(out, noise, seed, RichProgress())
+    except LabelfixError as exc:
+        _fail(exc)
+    render_demo(result.summary, metrics, out)
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,70 @@
+"""Frozen settings for each stage. Constructors store values; `validate` names the flag at fault."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from .errors import InputError
+
+
+@dataclass(frozen=True)
+class TeacherConfig:
+    """How teacher probabilities and embeddings are obtained.
+
+    Attributes:
+        teacher: "auto" (train a small ResNet with K-fold cross-fitting), a torchvision
+            architecture name (with `weights`), or a path to a checkpoint.
+        weights: torchvision weights name for a pretrained architecture ("DEFAULT", "IMAGENET1K_V1").
+        arch: torchvision architecture of a state-dict checkpoint.
+        folds: K of the K-fold cross-fitting.
+        epochs: training epochs per fold for the auto teacher (0 = chosen from the data size).
+        image_size: side the images are resized to (0 = chosen from the data).
+        batch_size: training and inference batch size.
+        elr_lambda: weight of the ELR regulariser (0 disables it).
+    """
+
+    teacher: str = "auto"
+    weights: str | None = None
+    arch: str | None = None
+    folds: int = 2
+    epochs: int = 0
+    image_size: int = 0
+    batch_size: int = 256
+    lr: float = 0.003
+    elr_lambda: float = 3.0
+    elr_beta: float = 0.7
+    width: int = 32
+
+    def validate(self) -> None:
+        if self.folds < 2:
+            raise InputError(f"--folds must be at least 2 (got {self.folds})")
+        if self.epochs < 0:
+            raise InputError(f"--epochs must be >= 0 (got {self.epochs})")
+        if self.batch_size < 1:
+            raise InputError(f"--batch-size must be >= 1 (got {self.batch_size})")
+        if self.image_size < 0:
+            raise InputError(f"--image-size must be >= 0 (got {self.image_size})")
+
+
+@dataclass(frozen=True)
+class ScanConfig:
+    """Graph, selection and flagging settings of `scan`."""
+
+    k: int = 20
+    gamma: float = 3.0
+    alpha: float = 0.99
+    seed: int = 0
+    device: str = "auto"
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+
+    def validate(self) -> None:
+        if self.k < 1:
+            raise InputError(f"--k must be >= 1 (got {self.k})")
+        if not 0.0 < self.alpha < 1.0:
+            raise InputError(f"--alpha must be in (0, 1) (got {self.alpha})")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise InputError(f"--device must be auto, cpu or cuda (got {self.device!r})")
+        self.teacher.validate()
+
+    def to_dict(self) -> dict:
+        return asdict(self)

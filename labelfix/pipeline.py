@@ -1,0 +1,268 @@
+"""The only module that knows the order of the stages."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .config import ScanConfig
+from .data import (
+    LabelSet,
+    check_pred_probs,
+    decode_images,
+    load_npy,
+    read_image_folder,
+    read_labels_csv,
+    resolve_paths,
+    sha256_file,
+)
+from .errors import InputError
+from .outputs import atomic_save_npy, atomic_write_json, staged_run, write_parquet
+from .progress import NullProgress, Progress
+
+SCAN_FILE = "scan.parquet"
+SUMMARY_FILE = "summary.json"
+GRAPH_IDS = "graph_ids.npy"
+GRAPH_SIMS = "graph_sims.npy"
+EMBEDDINGS_FILE = "embeddings.npy"
+
+
+@dataclass(frozen=True)
+class ScanInputs:
+    """What the user pointed scan at. Either `images_dir`, or `labels_csv` with `pred_probs`."""
+
+    images_dir: Path | None = None
+    labels_csv: Path | None = None
+    path_col: str = "path"
+    label_col: str = "label"
+    classes: list[str] | None = None
+    pred_probs: Path | None = None
+    embeddings: Path | None = None
+
+
+@dataclass
+class ScanResult:
+    out_dir: Path
+    summary: dict
+    table: dict = field(repr=False)
+
+
+class _Timer:
+    def __init__(self):
+        self.times: dict[str, float] = {}
+
+    def __call__(self, name: str):
+        timer = self
+
+        class _T:
+            def __enter__(self):
+                self.t = time.perf_counter()
+
+            def __exit__(self, *exc):
+                timer.times[name] = round(timer.times.get(name, 0.0) + time.perf_counter() - self.t, 3)
+
+        return _T()
+
+
+def _hash(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def load_labels(inputs: ScanInputs) -> LabelSet:
+    if inputs.labels_csv is not None:
+        return read_labels_csv(inputs.labels_csv, inputs.path_col, inputs.label_col, inputs.classes)
+    if inputs.images_dir is None:
+        raise InputError("give IMAGES_DIR, or --labels CSV with --pred-probs")
+    if not Path(inputs.images_dir).is_dir():
+        raise InputError(f"{inputs.images_dir}: images folder not found")
+    return read_image_folder(inputs.images_dir)
+
+
+def scan(inputs: ScanInputs, cfg: ScanConfig, out: Path, progress: Progress | None = None) -> ScanResult:
+    """Embed (or read model outputs), build the kNN graph, estimate noise, flag issues.
+
+    Writes `scan.parquet`, `summary.json`, the graph and the embedding cache into `out`,
+    all or nothing.
+    """
+    from .device import resolve_device, seed_everything
+    from .graph import build_knn
+    from .partition import clean_probability, prototypes
+    from .propagation import normalized_adjacency, propagated_labels
+    from .scoring import flag_issues, issue_score, label_quality
+    from .selection import confident_joint, per_sample_loss, small_loss_mask
+    from .teacher import TeacherOutput, run_teacher
+
+    progress = progress or NullProgress()
+    cfg.validate()
+    if inputs.pred_probs is None and inputs.embeddings is not None:
+        raise InputError("--embeddings needs --pred-probs (or leave both out to use a teacher)")
+    if inputs.pred_probs is not None and inputs.labels_csv is None:
+        raise InputError("--pred-probs needs --labels CSV (its rows follow the CSV's rows)")
+    timer = _Timer()
+    out = Path(out)
+    device = resolve_device(cfg.device)
+    seed_everything(cfg.seed)
+    with timer("read inputs"):
+        labels = load_labels(inputs)
+    c = len(labels.class_names)
+    y = labels.y
+    hashes = {"labels_sha256": labels.labels_sha256}
+    csv_name = str(inputs.labels_csv or inputs.images_dir)
+    teacher_stats: dict = {}
+    image_info = None
+    with staged_run(out) as stage:
+        if inputs.pred_probs is not None:
+            with timer("read inputs"):
+                probs = check_pred_probs(load_npy(inputs.pred_probs, "--pred-probs", labels.n, c), inputs.pred_probs)
+                hashes["pred_probs_sha256"] = sha256_file(inputs.pred_probs)
+                if inputs.embeddings is not None:
+                    emb = load_npy(inputs.embeddings, "--embeddings", labels.n)
+                    hashes["embeddings_sha256"] = sha256_file(inputs.embeddings)
+                    source = "embeddings"
+                else:
+                    emb = np.sqrt(probs)  # Hellinger geometry on the given probabilities
+                    source = "pred_probs"
+                emb = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+                teacher = TeacherOutput(probs, emb.astype(np.float32), {"source": source})
+                if inputs.images_dir is not None:
+                    resolve_paths(inputs.images_dir, labels, csv_name)
+        else:
+            with timer("decode images"):
+                files = resolve_paths(inputs.images_dir, labels, csv_name)
+                tmp_img = stage / "cache" / "images.u8.partial"
+                arr = decode_images(files, tmp_img, cfg.teacher.image_size, csv_name, progress)
+                img_name = f"images-{arr.images_sha256[:16]}-{arr.shape[1]}x{arr.shape[2]}x{arr.shape[3]}.u8"
+                tmp_img.rename(stage / "cache" / img_name)
+                hashes["images_sha256"] = arr.images_sha256
+                image_info = {"cache": f"cache/{img_name}", "shape": list(arr.shape)}
+                images = np.memmap(stage / "cache" / img_name, dtype=np.uint8, mode="r", shape=arr.shape)
+            key = _hash(
+                {
+                    "v": __version__,
+                    "images": arr.images_sha256,
+                    "shape": arr.shape,
+                    "y": hashlib.sha256(y.tobytes()).hexdigest(),
+                    "teacher": cfg.teacher.__dict__,
+                    "seed": cfg.seed,
+                }
+            )[:20]
+            cache_dir = out / "cache" / f"teacher-{key}"
+            if (cache_dir / "probs.npy").is_file() and (cache_dir / EMBEDDINGS_FILE).is_file():
+                teacher = TeacherOutput(
+                    np.load(cache_dir / "probs.npy"),
+                    np.load(cache_dir / EMBEDDINGS_FILE),
+                    json.loads((cache_dir / "stats.json").read_text()),
+                )
+                teacher.stats["cache_hit"] = True
+            else:
+                with timer("teacher"):
+                    teacher = run_teacher(images, y, c, cfg.teacher, cfg.seed, device, progress)
+                staged = stage / "cache" / f"teacher-{key}"
+                atomic_save_npy(staged / "probs.npy", teacher.probs)
+                atomic_save_npy(staged / EMBEDDINGS_FILE, teacher.embeddings)
+                atomic_write_json(staged / "stats.json", teacher.stats)
+                teacher.stats["cache_hit"] = False
+            teacher_stats = dict(teacher.stats, cache=f"cache/teacher-{key}")
+            del images
+
+        probs, emb = teacher.probs, teacher.embeddings
+        with timer("graph"):
+            graph = build_knn(emb, cfg.k, device, progress=progress)
+        with timer("selection"):
+            noise = confident_joint(probs, y)
+            loss = per_sample_loss(probs, y)
+            small = small_loss_mask(loss, y, noise.rates)
+            protos = prototypes(emb, y, small, probs[np.arange(len(y)), y], c)
+            clean, partition_notes = clean_probability(emb, y, loss, protos, noise.rates, cfg.seed)
+        with timer("propagation"):
+            wn = normalized_adjacency(graph, cfg.gamma)
+            p_lp = propagated_labels(wn, y, clean, clean >= 0.5, probs, cfg.alpha)
+            m = 0.5 * (p_lp + probs)
+            quality = label_quality(m, y)
+            flags = flag_issues(m, y, clean, noise.rates, quality)
+            score = issue_score(quality, clean)
+            suggested = np.where(flags, m.argmax(axis=1), y)
+
+        names = np.array(labels.class_names, dtype=object)
+        table = {
+            "path": labels.paths.astype(str),
+            "given_label": labels.given.astype(str),
+            "given_index": y,
+            "teacher_probs": probs,
+            "clean_prob": clean,
+            "is_issue": flags,
+            "issue_score": score,
+            "label_quality": quality,
+            "suggested_label": names[suggested].astype(str),
+            "suggested_index": suggested.astype(np.int64),
+            "partition": np.where(clean >= 0.5, "clean", "noisy"),
+            "in_small_loss": small,
+        }
+        counts = np.bincount(y, minlength=c)
+        per_class = [
+            {
+                "class": labels.class_names[k],
+                "n": int(counts[k]),
+                "issues": int(flags[y == k].sum()),
+                "estimated_noise_rate": round(float(noise.rates[k]), 4),
+            }
+            for k in range(c)
+        ]
+        summary = {
+            "labelfix_version": __version__,
+            "command": "scan",
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "seed": cfg.seed,
+            "device": device,
+            "config": cfg.to_dict(),
+            "inputs": {
+                "images_dir": str(Path(inputs.images_dir).resolve()) if inputs.images_dir else None,
+                "labels_csv": str(Path(inputs.labels_csv).resolve()) if inputs.labels_csv else None,
+                "path_col": inputs.path_col,
+                "label_col": inputs.label_col,
+                "pred_probs": str(Path(inputs.pred_probs).resolve()) if inputs.pred_probs else None,
+                "embeddings": str(Path(inputs.embeddings).resolve()) if inputs.embeddings else None,
+                **hashes,
+            },
+            "images": image_info,
+            "class_names": labels.class_names,
+            "counts": {
+                "samples": int(labels.n),
+                "classes": c,
+                "issues": int(flags.sum()),
+                "clean_partition": int((clean >= 0.5).sum()),
+                "small_loss": int(small.sum()),
+            },
+            "estimated_noise_rate": round(noise.overall, 4),
+            "flagged_rate": round(float(flags.mean()), 4),
+            "per_class": per_class,
+            "noise_matrix": {
+                "description": "P(true class = column | given class = row), from the calibrated confident joint",
+                "values": np.round(noise.matrix, 4),
+            },
+            "teacher": teacher_stats,
+            "teacher_heldout_agreement_with_given": round(float((probs.argmax(1) == y).mean()), 4),
+            "graph": {"k": int(graph.ids.shape[1]), "index": graph.index_kind},
+            "partition_rules": {labels.class_names[k]: v for k, v in partition_notes.items()},
+            "timings_s": timer.times,
+        }
+        meta = {
+            "labelfix_version": __version__,
+            "class_names": labels.class_names,
+            "config": cfg.to_dict(),
+            "seed": cfg.seed,
+        }
+        atomic_save_npy(stage / GRAPH_IDS, graph.ids)
+        atomic_save_npy(stage / GRAPH_SIMS, graph.sims)
+        if inputs.pred_probs is not None:
+            atomic_save_npy(stage / EMBEDDINGS_FILE, emb)
+        write_parquet(stage / SCAN_FILE, table, meta)
+        summary["timings_s"]["total"] = round(sum(v for k, v in timer.times.items() if k != "total"), 3)
+        atomic_write_json(stage / SUMMARY_FILE, summary)
+    return ScanResult(out, summary, table)

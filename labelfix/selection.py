@@ -1,0 +1,72 @@
+"""Per-class noise rates from the confident joint (no oracle), and small-loss selection."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class NoiseEstimate:
+    """Attributes:
+    joint: (C, C) calibrated confident joint, rows = given class, columns = true class; sums to N.
+    rates: (C,) estimated share of wrong labels among samples given each class.
+    thresholds: (C,) per-class confidence thresholds t_k.
+    """
+
+    joint: np.ndarray
+    rates: np.ndarray
+    thresholds: np.ndarray
+
+    @property
+    def overall(self) -> float:
+        total = self.joint.sum()
+        return float(1.0 - np.trace(self.joint) / total) if total > 0 else 0.0
+
+    @property
+    def matrix(self) -> np.ndarray:
+        """P(true class = column | given class = row)."""
+        rows = self.joint.sum(axis=1, keepdims=True)
+        return np.divide(self.joint, rows, out=np.zeros_like(self.joint), where=rows > 0)
+
+
+def confident_joint(probs: np.ndarray, y: np.ndarray) -> NoiseEstimate:
+    """Confident Learning (Northcutt et al. 2021) counts, calibrated to the given class sizes.
+
+    probs: (N, C) out-of-sample probabilities; y: (N,) given labels.
+    """
+    n, c = probs.shape
+    counts = np.bincount(y, minlength=c).astype(np.float64)
+    thresholds = np.array(
+        [probs[y == k, k].mean() if counts[k] > 0 else 1.0 for k in range(c)], dtype=np.float64
+    )
+    above = probs >= thresholds[None, :] - 1e-6
+    masked = np.where(above, probs, -np.inf)
+    true_guess = masked.argmax(axis=1)
+    has = above.any(axis=1)
+    joint = np.zeros((c, c), dtype=np.float64)
+    np.add.at(joint, (y[has], true_guess[has]), 1.0)
+    # Calibrate: each row sums to the number of samples given that class.
+    row = joint.sum(axis=1, keepdims=True)
+    joint = np.where(row > 0, joint / np.maximum(row, 1e-12) * counts[:, None], 0.0)
+    for k in range(c):  # a class with no confident member: assume it clean
+        if row[k, 0] == 0 and counts[k] > 0:
+            joint[k, k] = counts[k]
+    rates = 1.0 - np.divide(np.diag(joint), counts, out=np.ones(c), where=counts > 0)
+    rates = np.clip(rates, 0.0, 1.0)
+    return NoiseEstimate(joint, rates, thresholds)
+
+
+def per_sample_loss(probs: np.ndarray, y: np.ndarray) -> np.ndarray:
+    return -np.log(np.clip(probs[np.arange(len(y)), y], 1e-12, 1.0)).astype(np.float32)
+
+
+def small_loss_mask(loss: np.ndarray, y: np.ndarray, rates: np.ndarray) -> np.ndarray:
+    """Within each class k keep the ceil((1 - rho_k) n_k) smallest-loss samples (at least one)."""
+    keep = np.zeros(len(y), dtype=bool)
+    for k in np.unique(y):
+        idx = np.flatnonzero(y == k)
+        m = max(1, int(np.ceil((1.0 - rates[k]) * len(idx))))
+        keep[idx[np.argsort(loss[idx], kind="stable")[:m]]] = True
+    return keep

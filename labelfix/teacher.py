@@ -1,0 +1,454 @@
+"""Teachers: where out-of-sample probabilities and embeddings come from.
+
+* `auto`: a small ResNet trained on the given labels with K-fold cross-fitting, so each sample's
+  probabilities come from the fold model that never trained on it. The ELR regulariser (Liu et
+  al. 2020) keeps the models from memorising wrong labels. Embeddings are the L2-normalised
+  penultimate features of all K fold models, concatenated: one shared space for the graph.
+* a torchvision architecture with `weights`, or a user checkpoint: a frozen feature extractor;
+  probabilities come from a linear head cross-fitted on those features.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .config import TeacherConfig
+from .errors import InputError, TeacherUnavailable
+from .progress import NullProgress, Progress
+
+
+@dataclass
+class TeacherOutput:
+    """Arrays in dataset row order.
+
+    Attributes:
+        probs: (N, C) float32 out-of-sample probabilities.
+        embeddings: (N, D) float32, L2-normalised rows.
+        stats: per-fold training statistics for summary.json.
+    """
+
+    probs: np.ndarray
+    embeddings: np.ndarray
+    stats: dict
+
+
+def fold_assignment(n: int, folds: int, seed: int) -> np.ndarray:
+    """Fold id of each row, from the seed alone (never from the labels).
+
+    Independent of the labels so that flipping one sample's label cannot move any sample to
+    another fold: the model that scores a sample is then untouched by that sample's label.
+    """
+    rng = np.random.default_rng([seed, 7919])
+    perm = rng.permutation(n)
+    out = np.empty(n, dtype=np.int64)
+    out[perm] = np.arange(n) % folds
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Network
+
+
+def build_small_resnet(in_channels: int, num_classes: int, width: int = 32):
+    """A ResNet with three stages (width, 2 width, 4 width) and a 3x3 stem, for images <= 64 px."""
+    import torch.nn as nn
+
+    class Block(nn.Module):
+        def __init__(self, cin: int, cout: int, stride: int):
+            super().__init__()
+            self.c1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+            self.b1 = nn.BatchNorm2d(cout)
+            self.c2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+            self.b2 = nn.BatchNorm2d(cout)
+            self.act = nn.ReLU(inplace=True)
+            self.short = None
+            if stride != 1 or cin != cout:
+                self.short = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+        def forward(self, x):
+            out = self.act(self.b1(self.c1(x)))
+            out = self.b2(self.c2(out))
+            return self.act(out + (x if self.short is None else self.short(x)))
+
+    class SmallResNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            w = width
+            self.stem = nn.Sequential(nn.Conv2d(in_channels, w, 3, 1, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True))
+            self.layers = nn.Sequential(Block(w, w, 1), Block(w, 2 * w, 2), Block(2 * w, 4 * w, 2))
+            self.pool = nn.AdaptiveAvgPool2d(1)
+            self.fc = nn.Linear(4 * w, num_classes)
+            self.feature_dim = 4 * w
+
+        def features(self, x):
+            return self.pool(self.layers(self.stem(x))).flatten(1)
+
+        def forward(self, x):
+            return self.fc(self.features(x))
+
+    return SmallResNet()
+
+
+# ---------------------------------------------------------------------------------------------
+# Batches from the on-disk image array
+
+
+class Batches:
+    """Normalised float batches read from a (N, H, W, C) uint8 array."""
+
+    def __init__(self, images: np.ndarray, device: str, size: int | None = None, mean=None, std=None):
+        import torch
+
+        self.images = images
+        self.device = device
+        self.size = size
+        if mean is None:
+            rng = np.random.default_rng(0)
+            idx = np.sort(rng.choice(len(images), size=min(len(images), 4096), replace=False))
+            sample = np.asarray(images[idx], dtype=np.float32) / 255.0
+            mean = sample.mean(axis=(0, 1, 2))
+            std = sample.std(axis=(0, 1, 2)) + 1e-6
+        self.mean = torch.tensor(np.asarray(mean, dtype=np.float32)).view(1, -1, 1, 1).to(device)
+        self.std = torch.tensor(np.asarray(std, dtype=np.float32)).view(1, -1, 1, 1).to(device)
+
+    def get(self, idx: np.ndarray):
+        import torch
+        import torch.nn.functional as F
+
+        order = np.argsort(idx)
+        arr = np.asarray(self.images[idx[order]])
+        inv = np.empty_like(order)
+        inv[order] = np.arange(len(order))
+        x = torch.from_numpy(arr[inv]).to(self.device).permute(0, 3, 1, 2).float().div_(255.0)
+        if self.size and x.shape[-1] != self.size:
+            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
+        return (x - self.mean) / self.std
+
+
+def _random_shift(x, gen, pad: int):
+    """Pad with edge values and crop back at a random offset per sample."""
+    import torch
+    import torch.nn.functional as F
+
+    if pad <= 0:
+        return x
+    n, _, h, w = x.shape
+    xp = F.pad(x, (pad, pad, pad, pad), mode="replicate")
+    ox = torch.randint(0, 2 * pad + 1, (n,), generator=gen).tolist()
+    oy = torch.randint(0, 2 * pad + 1, (n,), generator=gen).tolist()
+    return torch.stack([xp[i, :, oy[i] : oy[i] + h, ox[i] : ox[i] + w] for i in range(n)])
+
+
+def auto_epochs(n_train: int) -> int:
+    """About 150k sample-visits per fold model, between 8 and 40 epochs."""
+    return int(np.clip(round(150_000 / max(n_train, 1)), 8, 40))
+
+
+def _train_fold(model, batches: Batches, train_idx, y, num_classes, cfg: TeacherConfig, seed, epochs, progress_task):
+    import torch
+    import torch.nn.functional as F
+
+    gen = torch.Generator().manual_seed(int(seed))
+    rng = np.random.default_rng(seed)
+    n = len(train_idx)
+    bs = min(cfg.batch_size, n)
+    steps_per_epoch = max(1, n // bs)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=5e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=epochs * steps_per_epoch, pct_start=0.25)
+    targets = torch.zeros(n, num_classes, device=batches.device)
+    y_t = torch.from_numpy(y[train_idx]).to(batches.device)
+    pad = max(1, batches.images.shape[1] // 8)
+    losses = []
+    model.train()
+    for _ in range(epochs):
+        perm = rng.permutation(n)
+        total, count = 0.0, 0
+        for s in range(steps_per_epoch):
+            local = perm[s * bs : (s + 1) * bs]
+            x = _random_shift(batches.get(train_idx[local]), gen, pad)
+            logits = model(x)
+            yb = y_t[local]
+            ce = F.cross_entropy(logits, yb)
+            loss = ce
+            if cfg.elr_lambda > 0:
+                p = F.softmax(logits, dim=1).clamp(1e-4, 1 - 1e-4)
+                lt = torch.from_numpy(local).to(batches.device)
+                with torch.no_grad():
+                    targets[lt] = cfg.elr_beta * targets[lt] + (1 - cfg.elr_beta) * (p / p.sum(1, keepdim=True))
+                elr = torch.log(1 - (targets[lt] * p).sum(1)).mean()
+                loss = ce + cfg.elr_lambda * elr
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += float(ce.detach()) * len(local)
+            count += len(local)
+            progress_task.advance(len(local))
+        losses.append(total / max(count, 1))
+    model.eval()
+    return losses
+
+
+def _infer(model_fn, batches: Batches, idx: np.ndarray, batch_size: int, task=None):
+    import torch
+
+    outs = []
+    with torch.inference_mode():
+        for s in range(0, len(idx), batch_size):
+            b = idx[s : s + batch_size]
+            outs.append(model_fn(batches.get(b)))
+            if task is not None:
+                task.advance(len(b))
+    return outs
+
+
+def train_auto_teacher(
+    images: np.ndarray,
+    y: np.ndarray,
+    num_classes: int,
+    cfg: TeacherConfig,
+    seed: int,
+    device: str,
+    progress: Progress | None = None,
+) -> TeacherOutput:
+    """K-fold cross-fitted small ResNet. `images` is (N, H, W, C) uint8 (a memmap is fine)."""
+    import torch
+    import torch.nn.functional as F
+
+    progress = progress or NullProgress()
+    n = len(y)
+    folds = fold_assignment(n, cfg.folds, seed)
+    batches = Batches(images, device)
+    probs = np.zeros((n, num_classes), dtype=np.float32)
+    feats = []
+    stats = {"folds": []}
+    all_idx = np.arange(n)
+    for k in range(cfg.folds):
+        train_idx = np.flatnonzero(folds != k)
+        held = np.flatnonzero(folds == k)
+        epochs = cfg.epochs or auto_epochs(len(train_idx))
+        torch.manual_seed(seed * 1000 + k)
+        model = build_small_resnet(images.shape[3], num_classes, cfg.width).to(device)
+        with progress.task(f"teacher fold {k + 1}/{cfg.folds}", total=epochs * len(train_idx)) as task:
+            losses = _train_fold(model, batches, train_idx, y, num_classes, cfg, seed * 1000 + k, epochs, task)
+        with progress.task(f"embed fold {k + 1}/{cfg.folds}", total=n) as task:
+            outs = _infer(lambda x: _feat_and_prob(model, x), batches, all_idx, cfg.batch_size * 2, task)
+        f = torch.cat([o[0] for o in outs]).cpu().numpy()
+        p = torch.cat([o[1] for o in outs]).cpu().numpy()
+        probs[held] = p[held]
+        feats.append(f)
+        stats["folds"].append(
+            {
+                "fold": k,
+                "n_train": int(len(train_idx)),
+                "n_scored": int(len(held)),
+                "epochs": epochs,
+                "train_loss": [round(v, 4) for v in losses],
+                "heldout_agreement_with_given": float((p[held].argmax(1) == y[held]).mean()),
+                "train_agreement_with_given": float((p[train_idx].argmax(1) == y[train_idx]).mean()),
+            }
+        )
+        del model
+    emb = np.concatenate(feats, axis=1) / np.sqrt(cfg.folds)
+    emb = _l2n(emb)
+    return TeacherOutput(probs, emb.astype(np.float32), stats)
+
+
+def _feat_and_prob(model, x):
+    import torch.nn.functional as F
+
+    f = model.features(x)
+    return F.normalize(f, dim=1), F.softmax(model.fc(f), dim=1)
+
+
+def _l2n(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+# ---------------------------------------------------------------------------------------------
+# Frozen feature extractors: torchvision pretrained, user checkpoints
+
+
+def load_torchvision(arch: str, weights: str | None, num_classes_hint: int | None = None):
+    """A torchvision classification model with pretrained `weights` from the user's torch cache."""
+    import torchvision
+
+    if arch not in torchvision.models.list_models(module=torchvision.models):
+        raise InputError(f"--teacher {arch!r}: not a torchvision classification model or an existing checkpoint path")
+    try:
+        w = torchvision.models.get_model_weights(arch)[weights] if weights and weights != "DEFAULT" else (
+            torchvision.models.get_model_weights(arch).DEFAULT if weights else None
+        )
+    except KeyError:
+        names = ", ".join(m.name for m in torchvision.models.get_model_weights(arch))
+        raise InputError(f"--weights {weights!r}: unknown for {arch} (known: {names})") from None
+    if w is None:
+        raise InputError(f"--teacher {arch}: pass --weights (e.g. DEFAULT); a random-init teacher knows nothing")
+    try:
+        model = torchvision.models.get_model(arch, weights=w)
+    except Exception as exc:
+        import torch.hub
+
+        cache = Path(torch.hub.get_dir()) / "checkpoints" / Path(w.url).name
+        raise TeacherUnavailable(
+            f"--teacher {arch} --weights {w.name}: weights not in the torch cache ({cache}) and could not be "
+            f"downloaded ({exc.__class__.__name__}); copy {Path(w.url).name} there or use --teacher auto"
+        ) from None
+    return model, w
+
+
+def strip_head(model):
+    """Replace the final classification layer of a torchvision model with Identity, in place."""
+    import torch.nn as nn
+
+    for attr in ("fc", "classifier", "head", "heads"):
+        mod = getattr(model, attr, None)
+        if mod is None:
+            continue
+        if isinstance(mod, nn.Linear):
+            setattr(model, attr, nn.Identity())
+            return model
+        if isinstance(mod, nn.Sequential):
+            for i in range(len(mod) - 1, -1, -1):
+                if isinstance(mod[i], nn.Linear):
+                    mod[i] = nn.Identity()
+                    return model
+    raise InputError(f"cannot find the classification head of {model.__class__.__name__} to take features from")
+
+
+def load_checkpoint(path: Path, arch: str | None, device: str):
+    """A TorchScript archive, or a torchvision state dict with `arch`; never unpickles code."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise TeacherUnavailable(f"{path}: checkpoint not found")
+    if zipfile.is_zipfile(path):
+        try:
+            with zipfile.ZipFile(path) as z:
+                is_script = any(n.endswith("/code/") or "/code/" in n for n in z.namelist())
+        except zipfile.BadZipFile:
+            is_script = False
+        if is_script:
+            try:
+                return torch.jit.load(str(path), map_location=device), "torchscript"
+            except Exception as exc:
+                raise TeacherUnavailable(f"{path}: not a loadable TorchScript archive ({exc})") from None
+    if not arch:
+        raise InputError(f"{path}: a state-dict checkpoint needs --arch (a torchvision architecture name)")
+    try:
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise TeacherUnavailable(f"{path}: cannot be loaded as a state dict ({exc.__class__.__name__}: {exc})") from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    import torchvision
+
+    if arch not in torchvision.models.list_models(module=torchvision.models):
+        raise InputError(f"--arch {arch!r}: not a torchvision classification model")
+    heads = [v for k, v in state.items() if k.endswith("weight") and getattr(v, "ndim", 0) == 2]
+    num_classes = int(heads[-1].shape[0]) if heads else 1000
+    model = torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise InputError(f"{path}: does not match --arch {arch}: {str(exc).splitlines()[0]}") from None
+    return model, "state_dict"
+
+
+def frozen_teacher(
+    images: np.ndarray,
+    y: np.ndarray,
+    num_classes: int,
+    cfg: TeacherConfig,
+    seed: int,
+    device: str,
+    progress: Progress | None = None,
+) -> TeacherOutput:
+    """Features from a pretrained or user model, probabilities from a cross-fitted linear head."""
+    import torch
+
+    progress = progress or NullProgress()
+    size = 224
+    mean = std = None
+    if Path(cfg.teacher).exists():
+        model, kind = load_checkpoint(Path(cfg.teacher), cfg.arch, device)
+        if kind == "state_dict":
+            model = strip_head(model)
+    else:
+        model, w = load_torchvision(cfg.teacher, cfg.weights)
+        model = strip_head(model)
+        tf = w.transforms()
+        size = int(getattr(tf, "crop_size", [224])[0])
+        mean, std = list(tf.mean), list(tf.std)
+    if mean is None:
+        mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+    model = model.to(device).eval()
+    rgb = images if images.shape[3] == 3 else _GrayAsRGB(images)
+    batches = Batches(rgb, device, size=size, mean=mean, std=std)
+    with progress.task("embed (frozen teacher)", total=len(y)) as task:
+        outs = _infer(lambda x: model(x).float().flatten(1), batches, np.arange(len(y)), cfg.batch_size, task)
+    feats = torch.cat(outs).cpu().numpy()
+    probs, stats = crossfit_linear_head(feats, y, num_classes, cfg.folds, seed, device)
+    return TeacherOutput(probs, _l2n(feats).astype(np.float32), stats)
+
+
+class _GrayAsRGB:
+    """View of a one-channel image array as three channels (for ImageNet models)."""
+
+    def __init__(self, images):
+        self.images = images
+        self.shape = images.shape[:3] + (3,)
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, idx):
+        return np.repeat(np.asarray(self.images[idx]), 3, axis=-1)
+
+
+def crossfit_linear_head(
+    feats: np.ndarray, y: np.ndarray, num_classes: int, folds: int, seed: int, device: str, epochs: int = 60
+) -> tuple[np.ndarray, dict]:
+    """Out-of-sample probabilities from a multinomial logistic regression, K-fold cross-fitted."""
+    import torch
+    import torch.nn.functional as F
+
+    n, d = feats.shape
+    x_all = torch.from_numpy(np.ascontiguousarray(feats, dtype=np.float32)).to(device)
+    mu, sd = x_all.mean(0, keepdim=True), x_all.std(0, keepdim=True) + 1e-6
+    x_all = (x_all - mu) / sd
+    y_all = torch.from_numpy(y).to(device)
+    assign = fold_assignment(n, folds, seed)
+    probs = np.zeros((n, num_classes), dtype=np.float32)
+    stats = {"folds": [], "head": "linear (cross-fitted)"}
+    for k in range(folds):
+        tr = torch.from_numpy(np.flatnonzero(assign != k)).to(device)
+        te = np.flatnonzero(assign == k)
+        torch.manual_seed(seed * 1000 + k)
+        head = torch.nn.Linear(d, num_classes).to(device)
+        opt = torch.optim.AdamW(head.parameters(), lr=1e-2, weight_decay=1e-3)
+        gen = torch.Generator(device="cpu").manual_seed(seed * 1000 + k)
+        bs = 1024
+        for _ in range(epochs):
+            perm = tr[torch.randperm(len(tr), generator=gen).to(device)]
+            for s in range(0, len(perm), bs):
+                b = perm[s : s + bs]
+                loss = F.cross_entropy(head(x_all[b]), y_all[b], label_smoothing=0.1)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+        with torch.inference_mode():
+            probs[te] = F.softmax(head(x_all[torch.from_numpy(te).to(device)]), 1).cpu().numpy()
+        stats["folds"].append({"fold": k, "n_train": int(len(tr)), "n_scored": int(len(te))})
+    return probs, stats
+
+
+def run_teacher(images, y, num_classes, cfg: TeacherConfig, seed: int, device: str, progress=None) -> TeacherOutput:
+    if cfg.teacher == "auto":
+        return train_auto_teacher(images, y, num_classes, cfg, seed, device, progress)
+    return frozen_teacher(images, y, num_classes, cfg, seed, device, progress)

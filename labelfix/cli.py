@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .errors import GateFailed, LabelfixError
+from .errors import GateFailed, InputError, LabelfixError
 
 app = typer.Typer(
     add_completion=False,
@@ -103,6 +103,8 @@ def scan(
 
     if fail_above is not None and not 0.0 <= fail_above <= 1.0:
         raise typer.BadParameter("must be in [0, 1]", param_hint="--fail-above")
+    if out.exists() and not out.is_dir():
+        _fail(InputError(f"{out}: --out exists and is not a directory"))
     try:
         cfg = ScanConfig(
             k=k, seed=seed, device=device,

@@ -33,7 +33,7 @@ class TeacherConfig:
     lr: float = 0.003
     elr_lambda: float = 3.0
     elr_beta: float = 0.7
-    width: int = 32
+    width: int = 16
 
     def validate(self) -> None:
         if self.folds < 2:

@@ -162,6 +162,11 @@ def read_image_folder(root: Path) -> LabelSet:
 
 def resolve_paths(root: Path, labels: LabelSet, csv_name: str) -> list[Path]:
     """Absolute file paths; refuses paths that escape `root` and files that do not exist."""
+    if root is None:
+        raise InputError(
+            f"{csv_name}: give IMAGES_DIR (the folder its paths are relative to), "
+            "or --pred-probs with out-of-sample model probabilities"
+        )
     root = Path(root).resolve()
     if not root.is_dir():
         raise InputError(f"{root}: images folder not found")

@@ -183,9 +183,12 @@ def scan(inputs: ScanInputs, cfg: ScanConfig, out: Path, progress: Progress | No
         with timer("propagation"):
             wn = normalized_adjacency(graph, cfg.gamma)
             p_lp = propagated_labels(wn, y, clean, clean >= 0.5, probs, cfg.alpha)
-            m = 0.5 * (p_lp + probs)
+            # A graph built from the given probabilities themselves adds no independent
+            # evidence; one from embeddings does (measured: docs/benchmarks.md).
+            graph_from_probs = teacher.stats.get("source") == "pred_probs"
+            m = probs if graph_from_probs else 0.5 * (p_lp + probs)
             quality = label_quality(m, y)
-            flags = flag_issues(m, y, clean, noise.rates, quality)
+            flags = flag_issues(m, y, clean, noise.joint)
             score = issue_score(quality, clean)
             suggested = np.where(flags, m.argmax(axis=1), y)
 
@@ -242,6 +245,7 @@ def scan(inputs: ScanInputs, cfg: ScanConfig, out: Path, progress: Progress | No
             "estimated_noise_rate": round(noise.overall, 4),
             "flagged_rate": round(float(flags.mean()), 4),
             "per_class": per_class,
+            "evidence": "teacher probabilities" if graph_from_probs else "mean of label propagation and teacher probabilities",
             "noise_matrix": {
                 "description": "P(true class = column | given class = row), from the calibrated confident joint",
                 "values": np.round(noise.matrix, 4),

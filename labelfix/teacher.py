@@ -144,8 +144,9 @@ def _random_shift(x, gen, pad: int):
 
 
 def auto_epochs(n_train: int) -> int:
-    """About 150k sample-visits per fold model, between 8 and 40 epochs."""
-    return int(np.clip(round(150_000 / max(n_train, 1)), 8, 40))
+    """About 80k sample-visits per fold model, between 8 and 40 epochs (fits 20k images on 2 CPU
+    cores in the scan time budget; measured in docs/benchmarks.md)."""
+    return int(np.clip(round(80_000 / max(n_train, 1)), 8, 40))
 
 
 def _train_fold(model, batches: Batches, train_idx, y, num_classes, cfg: TeacherConfig, seed, epochs, progress_task):

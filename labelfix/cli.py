@@ -121,6 +121,33 @@ def scan(
 
 
 @app.command()
+def refine(
+    run_dir: Annotated[Path, typer.Argument(help="Run directory written by scan.")],
+    alpha: Annotated[float, typer.Option(help="Propagation strength in (0, 1).")] = 0.99,
+    rounds: Annotated[int, typer.Option(help="Mutual teacher/student rounds (after distill).")] = 2,
+    temperature: Annotated[float, typer.Option(help="Sharpening temperature for confident rows.")] = 0.5,
+    max_ambiguity: Annotated[float, typer.Option(help="Relabel only below this ambiguity (else review).")] = 0.5,
+    min_confidence: Annotated[float, typer.Option(help="Relabel only when the refined label's probability reaches this.")] = 0.5,
+    drop_review: Annotated[bool, typer.Option("--drop-review", help="Leave review rows out of labels.refined.csv.")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the refine statistics as JSON.")] = False,
+) -> None:
+    """Refined soft labels, ambiguity scores and actions (keep / relabel / review)."""
+    from .refine import RefineConfig
+    from .refine import refine as run_refine
+    from .render import render_refine
+
+    try:
+        cfg = RefineConfig(
+            alpha=alpha, rounds=rounds, temperature=temperature, relabel_max_ambiguity=max_ambiguity,
+            relabel_min_confidence=min_confidence, drop_review=drop_review,
+        )
+        stats = run_refine(run_dir, cfg, RichProgress(not json_out))
+    except LabelfixError as exc:
+        _fail(exc)
+    render_refine(stats, json_out)
+
+
+@app.command()
 def demo(
     out: Annotated[Path, typer.Option("--out", help="Folder for the demo data and run.")] = Path("labelfix-demo"),
     noise: Annotated[float, typer.Option(help="Share of labels flipped at random.")] = 0.2,

@@ -230,14 +230,19 @@ class ImageArray:
         return np.memmap(self.path, dtype=np.uint8, mode="r", shape=self.shape)
 
 
+def _is_scalar_mode(mode: str) -> bool:
+    """32-bit int, float and every 16-bit layout (I;16, I;16B, I;16L, I;16N...)."""
+    return mode in ("I", "F") or mode.startswith("I;16")
+
+
 def _probe(path: Path, row: int, csv_name: str) -> tuple[int, int, bool]:
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     try:
         with Image.open(path) as im:
             w, h = im.size
-            gray = im.mode in ("1", "L", "LA", "I", "I;16", "F")
-    except (UnidentifiedImageError, OSError) as exc:
+            gray = im.mode in ("1", "L", "LA") or _is_scalar_mode(im.mode)
+    except Exception as exc:  # UnidentifiedImageError, OSError, DecompressionBombError, ...
         raise InputError(f"{path}: unreadable image (row {row + 2} of {csv_name}): {exc}") from None
     return w, h, gray
 
@@ -249,7 +254,7 @@ def _decode(path: Path, size: int, channels: int) -> tuple[np.ndarray, str]:
     digest = hashlib.sha256(raw).hexdigest()
     with Image.open(io.BytesIO(raw)) as im:
         im.load()
-        if im.mode in ("I", "I;16", "F"):
+        if _is_scalar_mode(im.mode):
             arr = np.asarray(im, dtype=np.float32)
             lo, hi = float(arr.min()), float(arr.max())
             arr = (arr - lo) / (hi - lo) * 255 if hi > lo else np.zeros_like(arr)

@@ -49,3 +49,25 @@ def render_demo(summary: dict, metrics: dict, out: Path) -> None:
         f"F1 {metrics['f1']:.3f}  AUROC {metrics['auroc']:.3f}"
     )
     con.print(f"outputs: {Path(out) / 'run'}")
+
+
+def render_refine(stats: dict, as_json: bool = False) -> None:
+    if as_json:
+        from .outputs import to_json
+
+        print(to_json(stats))
+        return
+    from rich.table import Table
+
+    con = _console()
+    t = Table(title="labelfix refine: what changed per class")
+    for col in ("class", "samples", "relabelled from", "relabelled to", "review"):
+        t.add_column(col, justify="left" if col == "class" else "right")
+    for row in stats["per_class"]:
+        t.add_row(row["class"], str(row["n"]), str(row["relabelled_from"]), str(row["relabelled_to"]), str(row["review"]))
+    t.add_section()
+    c = stats["counts"]
+    t.add_row("all", str(sum(r["n"] for r in stats["per_class"])), str(c["relabel"]), str(c["relabel"]), str(c["review"]))
+    con.print(t)
+    con.print(f"keep {c['keep']}, relabel {c['relabel']}, review {c['review']}; mean ambiguity {stats['mean_ambiguity']:.3f}; "
+              f"mutual rounds: {'yes' if stats['mutual_rounds'] else 'no'}; {stats['time_s']:.1f}s")

@@ -336,7 +336,11 @@ def load_checkpoint(path: Path, arch: str | None, device: str):
             is_script = False
         if is_script:
             try:
-                return torch.jit.load(str(path), map_location=device), "torchscript"
+                import warnings
+
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", FutureWarning)
+                    return torch.jit.load(str(path), map_location=device), "torchscript"
             except Exception as exc:
                 raise TeacherUnavailable(f"{path}: not a loadable TorchScript archive ({exc})") from None
     if not arch:
@@ -344,7 +348,12 @@ def load_checkpoint(path: Path, arch: str | None, device: str):
     try:
         state = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise TeacherUnavailable(f"{path}: cannot be loaded as a state dict ({exc.__class__.__name__}: {exc})") from None
+        hint = (
+            "it pickles Python objects, which labelfix never executes: save model.state_dict() or a TorchScript archive"
+            if "Weights only load failed" in str(exc)
+            else f"{exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        )
+        raise TeacherUnavailable(f"{path}: cannot be loaded as a state dict ({hint})") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     import torchvision

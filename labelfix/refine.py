@@ -1,0 +1,240 @@
+"""`refine`: refined soft labels, ambiguity and actions from a scan run (algorithm.md 5-9).
+
+Reads the scan's table, graph and embeddings; when `distill` has left a student view
+(`student_embeddings.npy`, `student_probs.npy`), label propagation alternates between the
+teacher graph and the student graph (AML-KD stage 2), S's labels fixed, last two rounds averaged.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .errors import InputError, RunDirError
+from .graph import KnnGraph, build_knn
+from .outputs import atomic_write_bytes, atomic_write_json, check_version, list_column, read_parquet, write_parquet
+from .pipeline import EMBEDDINGS_FILE, GRAPH_IDS, GRAPH_SIMS, SCAN_FILE, SUMMARY_FILE
+from .progress import NullProgress, Progress
+from .propagation import normalized_adjacency, propagated_labels, propagate
+from .scoring import flag_issues, label_quality
+from .selection import confident_joint
+
+REFINED_FILE = "refined.parquet"
+REFINED_CSV = "labels.refined.csv"
+STUDENT_EMB = "student_embeddings.npy"
+STUDENT_PROBS = "student_probs.npy"
+
+
+@dataclass(frozen=True)
+class RefineConfig:
+    """Attributes:
+    alpha: propagation strength in (0, 1).
+    rounds: mutual teacher/student propagation rounds (used only when a student view exists).
+    sharpen_at: rows of the soft label whose maximum reaches this are sharpened.
+    temperature: sharpening temperature (p^(1/T), renormalised).
+    relabel_max_ambiguity: a flagged sample is relabelled only below this ambiguity...
+    relabel_min_confidence: ...and when its refined label's probability reaches this; else review.
+    drop_review: leave `review` rows out of labels.refined.csv (default: keep them unchanged).
+    """
+
+    alpha: float = 0.99
+    rounds: int = 2
+    sharpen_at: float = 0.9
+    temperature: float = 0.5
+    relabel_max_ambiguity: float = 0.5
+    relabel_min_confidence: float = 0.5
+    drop_review: bool = False
+    k: int = 20
+    gamma: float = 3.0
+
+    def validate(self) -> None:
+        if not 0.0 < self.alpha < 1.0:
+            raise InputError(f"--alpha must be in (0, 1) (got {self.alpha})")
+        if self.rounds < 1:
+            raise InputError(f"--rounds must be >= 1 (got {self.rounds})")
+        if not 0.0 < self.temperature <= 1.0:
+            raise InputError(f"--temperature must be in (0, 1] (got {self.temperature})")
+
+
+def _entropy(p: np.ndarray) -> np.ndarray:
+    q = np.clip(p, 1e-12, 1.0)
+    return -(q * np.log(q)).sum(axis=1)
+
+
+def js_divergence(p: np.ndarray, q: np.ndarray) -> np.ndarray:
+    mid = 0.5 * (p + q)
+    return np.clip(_entropy(mid) - 0.5 * _entropy(p) - 0.5 * _entropy(q), 0.0, None)
+
+
+def soft_labels(m: np.ndarray, y: np.ndarray, clean: np.ndarray, sharpen_at: float, temperature: float) -> np.ndarray:
+    """r_i = c_i onehot(y_i) + (1 - c_i) m_i, rows with max >= sharpen_at sharpened; rows sum to 1."""
+    n, c = m.shape
+    r = (1.0 - clean)[:, None] * m
+    r[np.arange(n), y] += clean
+    sharp = r.max(axis=1) >= sharpen_at
+    if sharp.any():
+        s = r[sharp] ** (1.0 / temperature)
+        r[sharp] = s / s.sum(axis=1, keepdims=True)
+    r = r / r.sum(axis=1, keepdims=True)
+    return r.astype(np.float32)
+
+
+def ambiguity(m: np.ndarray, p_lp: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """0.5 H(m)/log C + 0.5 JS(P_lp || p)/log 2, in [0, 1]."""
+    c = m.shape[1]
+    a = 0.5 * _entropy(m) / np.log(c) + 0.5 * js_divergence(p_lp, probs) / np.log(2)
+    return np.clip(a, 0.0, 1.0).astype(np.float32)
+
+
+def load_run(run_dir: Path) -> tuple:
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise RunDirError(f"{run_dir}: run directory not found")
+    summary_path = run_dir / SUMMARY_FILE
+    if not summary_path.is_file():
+        raise RunDirError(f"{summary_path}: missing (run labelfix scan first)")
+    summary = json.loads(summary_path.read_text())
+    check_version(summary.get("labelfix_version"), summary_path)
+    df, meta = read_parquet(run_dir / SCAN_FILE)
+    for name in (GRAPH_IDS, GRAPH_SIMS):
+        if not (run_dir / name).is_file():
+            raise RunDirError(f"{run_dir / name}: missing (run labelfix scan again)")
+    emb_path = run_dir / EMBEDDINGS_FILE
+    if not emb_path.is_file() and summary.get("teacher", {}).get("cache"):
+        emb_path = run_dir / summary["teacher"]["cache"] / EMBEDDINGS_FILE
+    if not emb_path.is_file():
+        raise RunDirError(f"{emb_path}: teacher embeddings missing (run labelfix scan again)")
+    graph = KnnGraph(np.load(run_dir / GRAPH_IDS), np.load(run_dir / GRAPH_SIMS), summary["graph"]["index"])
+    if len(graph.ids) != len(df):
+        raise RunDirError(f"{run_dir / GRAPH_IDS}: {len(graph.ids)} rows but {SCAN_FILE} has {len(df)}")
+    return summary, df, meta, graph, np.load(emb_path, mmap_mode="r")
+
+
+def refine(run_dir: Path, cfg: RefineConfig | None = None, progress: Progress | None = None) -> dict:
+    """Write refined.parquet and labels.refined.csv into `run_dir`; update summary.json.
+
+    Returns the refine statistics (also stored under summary["refine"]).
+    """
+    cfg = cfg or RefineConfig()
+    cfg.validate()
+    progress = progress or NullProgress()
+    t0 = time.perf_counter()
+    run_dir = Path(run_dir)
+    summary, df, meta, graph, emb = load_run(run_dir)
+    names = list(summary["class_names"])
+    y = df["given_index"].to_numpy().astype(np.int64)
+    probs = list_column(df, "teacher_probs")
+    clean = df["clean_prob"].to_numpy().astype(np.float64)
+    seeds_mask = clean >= 0.5
+    graph_from_probs = summary.get("teacher", {}).get("source") == "pred_probs"
+
+    views = [normalized_adjacency(graph, cfg.gamma)]
+    student = (run_dir / STUDENT_EMB).is_file() and (run_dir / STUDENT_PROBS).is_file()
+    if student:
+        s_emb = np.load(run_dir / STUDENT_EMB)
+        if len(s_emb) != len(y):
+            raise RunDirError(f"{run_dir / STUDENT_EMB}: {len(s_emb)} rows, expected {len(y)}")
+        views.append(normalized_adjacency(build_knn(s_emb, cfg.k, progress=progress), cfg.gamma))
+        s_probs = np.load(run_dir / STUDENT_PROBS)
+        evidence_probs = 0.5 * (probs + s_probs)
+    else:
+        evidence_probs = probs
+
+    with progress.task("label propagation", total=cfg.rounds if student else 1) as task:
+        p_lp = propagated_labels(views[0], y, clean, seeds_mask, evidence_probs, cfg.alpha)
+        task.advance()
+        history = [p_lp]
+        if student:
+            c = probs.shape[1]
+            for r in range(1, cfg.rounds):
+                # Mutual round: S keeps its given labels; the others seed with the last round's view.
+                seed = np.zeros((len(y), c))
+                seed[np.flatnonzero(seeds_mask), y[seeds_mask]] = clean[seeds_mask]
+                seed[~seeds_mask] = (1.0 - clean[~seeds_mask, None]) * history[-1][~seeds_mask]
+                seed /= np.maximum(seed.sum(axis=0, keepdims=True), 1e-12)
+                z = np.clip(propagate(views[r % len(views)], seed, cfg.alpha), 0.0, None)
+                s = z.sum(axis=1, keepdims=True)
+                history.append(np.where(s > 1e-12, z / np.maximum(s, 1e-12), evidence_probs).astype(np.float32))
+                task.advance()
+            p_lp = np.mean(history[-2:], axis=0)
+
+    m = evidence_probs if (graph_from_probs and not student) else 0.5 * (p_lp + evidence_probs)
+    soft = soft_labels(m, y, clean, cfg.sharpen_at, cfg.temperature)
+    amb = ambiguity(m, p_lp, evidence_probs)
+    joint = confident_joint(evidence_probs, y).joint
+    quality = label_quality(m, y)
+    flags = flag_issues(m, y, clean, joint)
+    refined = soft.argmax(axis=1)
+    confident = soft.max(axis=1) >= cfg.relabel_min_confidence
+    changed = refined != y
+    action = np.full(len(y), "keep", dtype=object)
+    is_relabel = changed & (amb < cfg.relabel_max_ambiguity) & confident
+    action[is_relabel] = "relabel"
+    action[(changed | flags) & ~is_relabel] = "review"
+    weight = np.where(action == "review", 0.0, 1.0 - amb).astype(np.float32)
+    refined_label = np.where(action == "relabel", refined, y)
+
+    names_arr = np.array(names, dtype=object)
+    table = {
+        "path": df["path"].to_numpy().astype(str),
+        "given_label": df["given_label"].to_numpy().astype(str),
+        "given_index": y,
+        "refined_label": names_arr[refined].astype(str),
+        "refined_index": refined.astype(np.int64),
+        "soft_label": soft,
+        "ambiguity": amb,
+        "label_quality": quality,
+        "clean_prob": clean.astype(np.float32),
+        "is_issue": flags,
+        "action": action.astype(str),
+        "weight": weight,
+    }
+    stats = {
+        "labelfix_version": __version__,
+        "config": asdict(cfg),
+        "mutual_rounds": bool(student),
+        "counts": {a: int((action == a).sum()) for a in ("keep", "relabel", "review")},
+        "refined_differs_from_given": int(changed.sum()),
+        "mean_ambiguity": round(float(amb.mean()), 4),
+        "per_class": [
+            {
+                "class": names[k],
+                "n": int((y == k).sum()),
+                "relabelled_from": int(((action == "relabel") & (y == k)).sum()),
+                "relabelled_to": int(((action == "relabel") & (refined_label == k) & (y != k)).sum()),
+                "review": int(((action == "review") & (y == k)).sum()),
+            }
+            for k in range(len(names))
+        ],
+    }
+    new_meta = dict(meta, refine=asdict(cfg))
+    write_parquet(run_dir / REFINED_FILE, table, new_meta)
+    _write_refined_csv(run_dir, summary, df, names_arr[refined_label], action, cfg.drop_review)
+    stats["time_s"] = round(time.perf_counter() - t0, 3)
+    summary["refine"] = stats
+    atomic_write_json(run_dir / SUMMARY_FILE, summary)
+    return stats
+
+
+def _write_refined_csv(run_dir: Path, summary: dict, df, labels: np.ndarray, action: np.ndarray, drop_review: bool) -> None:
+    """The user's CSV with labels replaced where action is relabel (same columns and order)."""
+    import pandas as pd
+
+    inp = summary["inputs"]
+    src = inp.get("labels_csv")
+    if src and Path(src).is_file():
+        user = pd.read_csv(src, dtype=str, keep_default_na=False)
+        if len(user) != len(df) or (user[inp["path_col"]].str.strip().to_numpy() != df["path"].to_numpy()).any():
+            raise RunDirError(f"{src}: changed since the scan (rows differ); run labelfix scan again")
+        col = inp["label_col"]
+        user[col] = np.where(action == "relabel", labels, user[col].to_numpy())
+    else:
+        user = pd.DataFrame({"path": df["path"].to_numpy(), "label": labels})
+    if drop_review:
+        user = user[action != "review"]
+    atomic_write_bytes(run_dir / REFINED_CSV, user.to_csv(index=False).encode())

@@ -74,6 +74,13 @@ def _hash(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def _row_normalised_counts(rows: np.ndarray, cols: np.ndarray, c: int) -> np.ndarray:
+    counts = np.zeros((c, c))
+    np.add.at(counts, (rows, cols), 1.0)
+    total = counts.sum(axis=1, keepdims=True)
+    return np.divide(counts, total, out=np.zeros_like(counts), where=total > 0)
+
+
 def load_labels(inputs: ScanInputs) -> LabelSet:
     if inputs.labels_csv is not None:
         return read_labels_csv(inputs.labels_csv, inputs.path_col, inputs.label_col, inputs.classes)
@@ -213,7 +220,7 @@ def scan(inputs: ScanInputs, cfg: ScanConfig, out: Path, progress: Progress | No
                 "class": labels.class_names[k],
                 "n": int(counts[k]),
                 "issues": int(flags[y == k].sum()),
-                "estimated_noise_rate": round(float(noise.rates[k]), 4),
+                "estimated_noise_rate": round(float(flags[y == k].mean()) if counts[k] else 0.0, 4),
             }
             for k in range(c)
         ]
@@ -242,13 +249,21 @@ def scan(inputs: ScanInputs, cfg: ScanConfig, out: Path, progress: Progress | No
                 "clean_partition": int((clean >= 0.5).sum()),
                 "small_loss": int(small.sum()),
             },
-            "estimated_noise_rate": round(noise.overall, 4),
-            "flagged_rate": round(float(flags.mean()), 4),
+            # The flagged share estimates the noise rate better than the confident joint, which
+            # overestimates it with an imperfect teacher (Fashion-MNIST 40%: 0.385 vs 0.507;
+            # CIFAR-10 ResNet-18 probs, 19.95% true: 0.214 vs 0.235).
+            "estimated_noise_rate": round(float(flags.mean()), 4),
             "per_class": per_class,
             "evidence": "teacher probabilities" if graph_from_probs else "mean of label propagation and teacher probabilities",
             "noise_matrix": {
-                "description": "P(true class = column | given class = row), from the calibrated confident joint",
-                "values": np.round(noise.matrix, 4),
+                "description": "P(true class = column | given class = row): flagged rows count toward their suggested class",
+                "values": np.round(_row_normalised_counts(y, suggested, c), 4),
+            },
+            "confident_joint": {
+                "description": "Confident Learning's calibrated estimate (drives the flag allocation)",
+                "noise_rate": round(noise.overall, 4),
+                "per_class": np.round(noise.rates, 4),
+                "matrix": np.round(noise.matrix, 4),
             },
             "teacher": teacher_stats,
             "teacher_heldout_agreement_with_given": round(float((probs.argmax(1) == y).mean()), 4),

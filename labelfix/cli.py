@@ -148,6 +148,53 @@ def refine(
 
 
 @app.command()
+def distill(
+    run_dir: Annotated[Path, typer.Argument(help="Run directory after scan and refine.")],
+    student: Annotated[str, typer.Option(help="torchvision classification architecture.")] = "resnet18",
+    epochs: Annotated[int, typer.Option(help="Training epochs.")] = 10,
+    batch_size: Annotated[int, typer.Option(help="Batch size.")] = 128,
+    lr: Annotated[float, typer.Option(help="Peak learning rate (SGD, cosine schedule).")] = 0.05,
+    kd_weight: Annotated[float, typer.Option(help="Weight of distillation from the teacher (0..1).")] = 0.5,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
+    seed: Annotated[int, typer.Option(help="Seed for every random choice.")] = 0,
+    json_out: Annotated[bool, typer.Option("--json", help="Print distill.json on stdout.")] = False,
+) -> None:
+    """Train a student on the refined labels, then refine again with its view (mutual round)."""
+    from .distill import DistillConfig
+    from .distill import distill as run_distill
+    from .render import render_distill
+
+    try:
+        cfg = DistillConfig(student=student, epochs=epochs, batch_size=batch_size, lr=lr, kd_weight=kd_weight, device=device, seed=seed)
+        report = run_distill(run_dir, cfg, RichProgress(not json_out))
+    except LabelfixError as exc:
+        _fail(exc)
+    render_distill(report, run_dir, json_out)
+
+
+@app.command()
+def predict(
+    images_dir: Annotated[Path, typer.Argument(help="Folder of images to classify.")],
+    model: Annotated[Path, typer.Option("--model", help="student.pt written by distill (student.json beside it).")],
+    out: Annotated[Path, typer.Option("--out", help="Output folder for predictions.parquet.")] = Path("labelfix-predictions"),
+    labels: Annotated[Optional[Path], typer.Option("--labels", help="CSV of true labels: also report accuracy.")] = None,
+    path_col: Annotated[str, typer.Option(help="Name of the CSV's path column.")] = "path",
+    label_col: Annotated[str, typer.Option(help="Name of the CSV's label column.")] = "label",
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
+    json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Classify images with a distilled student."""
+    from .distill import predict as run_predict
+    from .render import render_predict
+
+    try:
+        report = run_predict(images_dir, model, out, labels, path_col, label_col, device, RichProgress(not json_out))
+    except LabelfixError as exc:
+        _fail(exc)
+    render_predict(report, json_out)
+
+
+@app.command()
 def demo(
     out: Annotated[Path, typer.Option("--out", help="Folder for the demo data and run.")] = Path("labelfix-demo"),
     noise: Annotated[float, typer.Option(help="Share of labels flipped at random.")] = 0.2,

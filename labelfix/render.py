@@ -71,3 +71,37 @@ def render_refine(stats: dict, as_json: bool = False) -> None:
     con.print(t)
     con.print(f"keep {c['keep']}, relabel {c['relabel']}, review {c['review']}; mean ambiguity {stats['mean_ambiguity']:.3f}; "
               f"mutual rounds: {'yes' if stats['mutual_rounds'] else 'no'}; {stats['time_s']:.1f}s")
+
+
+def render_distill(report: dict, run_dir: Path, as_json: bool = False) -> None:
+    if as_json:
+        from .outputs import to_json
+
+        print(to_json(report))
+        return
+    con = _console()
+    cfg = report["config"]
+    last = report["epochs"][-1] if report["epochs"] else {}
+    con.print(
+        f"student {cfg['student']}: {report['train_rows']} training rows, {report['excluded_review_rows']} review rows "
+        f"left out, {len(report['epochs'])} epochs, final loss {last.get('loss', float('nan')):.4f}"
+    )
+    acc = report["heldout_accuracy_vs_refined"]
+    if acc is not None:
+        con.print(f"held-out accuracy against refined labels: {acc:.2%} ({report['heldout_rows']} rows)")
+    if "mutual_refine" in report:
+        c = report["mutual_refine"]
+        con.print(f"mutual refinement: keep {c['keep']}, relabel {c['relabel']}, review {c['review']}")
+    con.print(f"saved {Path(run_dir) / 'student.pt'} and student.json; {report['train_seconds']:.0f}s")
+
+
+def render_predict(report: dict, as_json: bool = False) -> None:
+    if as_json:
+        from .outputs import to_json
+
+        print(to_json(report))
+        return
+    con = _console()
+    con.print(f"{report['images']} images -> {report['out']}")
+    if "accuracy" in report:
+        con.print(f"accuracy against --labels: {report['accuracy']:.2%}")

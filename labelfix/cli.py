@@ -195,6 +195,49 @@ def predict(
 
 
 @app.command()
+def bench(
+    npz: Annotated[Optional[Path], typer.Option(help="Clean data: .npz with `images` (N,H,W[,C]) uint8 and `labels` (N,).")] = None,
+    class_names: Annotated[Optional[str], typer.Option("--class-names", help="Class names for --npz labels 0..C-1 (comma list or file).")] = None,
+    n: Annotated[Optional[int], typer.Option("--n", help="Stratified subset size of --npz.")] = None,
+    noise: Annotated[str, typer.Option(help="symmetric | asymmetric | instance.")] = "symmetric",
+    rate: Annotated[float, typer.Option(help="Noise rate to inject.")] = 0.4,
+    pred_probs: Annotated[Optional[Path], typer.Option("--pred-probs", help="(N, C) .npy out-of-sample probabilities (real noise).")] = None,
+    noisy_labels: Annotated[Optional[Path], typer.Option("--noisy-labels", help="(N,) .npy given labels, with --pred-probs.")] = None,
+    true_labels: Annotated[Optional[Path], typer.Option("--true-labels", help="(N,) .npy true labels, with --pred-probs.")] = None,
+    embeddings: Annotated[Optional[Path], typer.Option(help="(N, D) .npy embeddings, with --pred-probs.")] = None,
+    out: Annotated[Path, typer.Option("--out", help="Work folder (PNGs, run directory, bench.json).")] = Path("labelfix-bench"),
+    no_cleanlab: Annotated[bool, typer.Option("--no-cleanlab", help="Skip the cleanlab comparison.")] = False,
+    seed: Annotated[int, typer.Option(help="Seed for the noise and the pipeline.")] = 0,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Inject label noise into clean data (or use real noise), run scan + refine, score against the truth."""
+    import numpy as np
+
+    from .bench import bench_images, bench_pred_probs, default_pairs, load_npz
+    from .config import ScanConfig
+    from .render import render_bench
+
+    if noise not in ("symmetric", "asymmetric", "instance"):
+        raise typer.BadParameter("must be symmetric, asymmetric or instance", param_hint="--noise")
+    if not 0.0 <= rate < 1.0:
+        raise typer.BadParameter("must be in [0, 1)", param_hint="--rate")
+    try:
+        if npz is not None:
+            images, labels = load_npz(npz, n, seed)
+            names = _classes(class_names) or [str(k) for k in range(int(labels.max()) + 1)]
+            row = bench_images(images, labels, names, noise, rate, out, ScanConfig(seed=seed), default_pairs(names), not no_cleanlab, RichProgress(not json_out))
+        elif pred_probs is not None:
+            if noisy_labels is None or true_labels is None:
+                raise typer.BadParameter("--pred-probs needs --noisy-labels and --true-labels", param_hint="--pred-probs")
+            row = bench_pred_probs(pred_probs, np.load(noisy_labels), np.load(true_labels), out, embeddings, ScanConfig(seed=seed), not no_cleanlab, RichProgress(not json_out))
+        else:
+            raise typer.BadParameter("give --npz (clean data) or --pred-probs with --noisy-labels and --true-labels")
+    except LabelfixError as exc:
+        _fail(exc)
+    render_bench(row, json_out)
+
+
+@app.command()
 def demo(
     out: Annotated[Path, typer.Option("--out", help="Folder for the demo data and run.")] = Path("labelfix-demo"),
     noise: Annotated[float, typer.Option(help="Share of labels flipped at random.")] = 0.2,

@@ -15,3 +15,65 @@ def symmetric_noise(y: np.ndarray, rate: float, num_classes: int, seed: int) -> 
     noisy = y.copy()
     noisy[flip] = (y[flip] + rng.integers(1, num_classes, flip.sum())) % num_classes
     return noisy
+
+
+# Fashion-MNIST's usual confusable pairs: T-shirt/top <-> Shirt, Pullover <-> Coat,
+# Sandal <-> Sneaker, plus Trouser <-> Dress and Ankle boot -> Sneaker; Bag keeps its label.
+FASHION_MNIST_PAIRS = {0: 6, 6: 0, 2: 4, 4: 2, 5: 7, 7: 5, 1: 3, 3: 1, 9: 7}
+
+
+def asymmetric_noise(
+    y: np.ndarray, rate: float, num_classes: int, seed: int, pairs: dict[int, int] | None = None
+) -> np.ndarray:
+    """Each class flips, with probability `rate`, to one fixed confusable class.
+
+    `pairs` maps class -> target; classes not in it keep their labels. Without `pairs`, class
+    k flips to (k + 1) mod C (the "pair flip" of the noisy-label literature).
+    """
+    pairs = pairs if pairs is not None else {k: (k + 1) % num_classes for k in range(num_classes)}
+    rng = np.random.default_rng([seed, 4711])
+    flip = rng.random(len(y)) < rate
+    target = np.array([pairs.get(k, k) for k in range(num_classes)])
+    noisy = y.copy()
+    noisy[flip] = target[y[flip]]
+    return noisy
+
+
+def instance_noise(y: np.ndarray, features: np.ndarray, rate: float, num_classes: int, seed: int) -> np.ndarray:
+    """Instance-dependent noise (Xia et al. 2020, "Part-dependent label noise"): each sample's
+    flip probability is drawn from N(rate, 0.1^2) truncated to [0, 1]; its flip target follows
+    softmax(x W_y) over the other classes, with W_y a random projection per class, so both the
+    chance and the direction of a flip depend on the image `features` (N, D)."""
+    from scipy.stats import truncnorm
+
+    rng = np.random.default_rng([seed, 1234])
+    n = len(y)
+    x = np.asarray(features, dtype=np.float64).reshape(n, -1)
+    x = (x - x.mean(0)) / (x.std(0) + 1e-8)
+    x /= np.linalg.norm(x, axis=1, keepdims=True) + 1e-12
+    sd = 0.1
+    a, b = (0 - rate) / sd, (1 - rate) / sd
+    q = truncnorm.rvs(a, b, loc=rate, scale=sd, size=n, random_state=np.random.RandomState(seed))
+    w = rng.normal(size=(num_classes, x.shape[1], num_classes))
+    noisy = y.copy()
+    for i in range(n):
+        logits = x[i] @ w[y[i]]
+        logits[y[i]] = -np.inf
+        p = np.exp(logits - logits[np.isfinite(logits)].max())
+        p[y[i]] = 0.0
+        p = q[i] * p / p.sum()
+        p[y[i]] = 1.0 - q[i]
+        noisy[i] = rng.choice(num_classes, p=p)
+    return noisy
+
+
+def inject(kind: str, y: np.ndarray, rate: float, num_classes: int, seed: int, features=None, pairs=None) -> np.ndarray:
+    if kind == "symmetric":
+        return symmetric_noise(y, rate, num_classes, seed)
+    if kind == "asymmetric":
+        return asymmetric_noise(y, rate, num_classes, seed, pairs)
+    if kind == "instance":
+        if features is None:
+            raise ValueError("instance-dependent noise needs the images")
+        return instance_noise(y, features, rate, num_classes, seed)
+    raise ValueError(f"unknown noise kind {kind!r} (symmetric, asymmetric, instance)")

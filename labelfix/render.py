@@ -105,3 +105,28 @@ def render_predict(report: dict, as_json: bool = False) -> None:
     con.print(f"{report['images']} images -> {report['out']}")
     if "accuracy" in report:
         con.print(f"accuracy against --labels: {report['accuracy']:.2%}")
+
+
+def render_bench(row: dict, as_json: bool = False) -> None:
+    if as_json:
+        from .outputs import to_json
+
+        print(to_json(row))
+        return
+    from rich.table import Table
+
+    con = _console()
+    t = Table(title=f"labelfix bench: {row['samples']} samples, {row['noise']} noise, actual rate {row['actual_noise_rate']:.1%}")
+    for col in ("method", "precision", "recall", "F1", "AUROC", "flagged"):
+        t.add_column(col, justify="left" if col == "method" else "right")
+    methods = {"labelfix flags": row["labelfix flags"], "labelfix refined != given": row["labelfix refined != given"]}
+    methods.update(row.get("cleanlab", {}))
+    for name, m in methods.items():
+        if "f1" not in m:
+            t.add_row(name, "-", "-", "-", "-", m.get("skipped", ""))
+            continue
+        au = "-" if m["auroc"] is None else f"{m['auroc']:.3f}"
+        t.add_row(name, f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}", au, str(m["flagged"]))
+    con.print(t)
+    con.print(f"refined-label accuracy {row['refined_accuracy']:.3f} (given {row['given_accuracy']:.3f}); "
+              f"teacher accuracy {row['teacher_accuracy']:.3f}; scan {row['scan_wall_s']:.0f}s")

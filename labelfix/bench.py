@@ -118,9 +118,10 @@ def bench_images(
     pairs: dict[int, int] | None = None,
     compare: bool = True,
     progress: Progress | None = None,
+    image_dir: Path | None = None,
 ) -> dict:
     """Write `images` (N, H, W[, C]) uint8 as PNGs with injected noisy labels, scan and refine
-    them with the real pipeline, and score the result."""
+    them with the real pipeline, and score the result. `image_dir` lets several rows share PNGs."""
     from PIL import Image
 
     from .pipeline import ScanInputs, scan
@@ -131,7 +132,7 @@ def bench_images(
     c = len(class_names)
     y_noisy = inject(noise, y_true, rate, c, cfg.seed, features=images, pairs=pairs)
     work = Path(work)
-    img_dir = work / "images"
+    img_dir = Path(image_dir) if image_dir is not None else work / "images"
     img_dir.mkdir(parents=True, exist_ok=True)
     names = [f"{i:06d}.png" for i in range(len(y_true))]
     t = time.perf_counter()

@@ -64,17 +64,18 @@ def main() -> None:
     noisy = pd.read_csv(args.work / "labels.csv")["label"].to_numpy()
 
     # 10,000 clean test images that are not in the training subset.
-    d = np.load(DATA)
-    train_idx = stratified_subset(d["labels"], 20_000, args.seed)
-    rest = np.setdiff1d(np.arange(len(d["labels"])), train_idx)
+    with np.load(DATA) as d:  # read each array once: indexing an NpzFile re-reads it
+        all_images, all_labels = d["images"], d["labels"]
+    train_idx = stratified_subset(all_labels, 20_000, args.seed)
+    rest = np.setdiff1d(np.arange(len(all_labels)), train_idx)
     rng = np.random.default_rng([args.seed, 99])
-    test_idx = np.sort(np.concatenate([rng.choice(rest[d["labels"][rest] == k], 1000, replace=False) for k in range(10)]))
+    test_idx = np.sort(np.concatenate([rng.choice(rest[all_labels[rest] == k], 1000, replace=False) for k in range(10)]))
     test_dir = args.work / "test"
     (test_dir / "images").mkdir(parents=True, exist_ok=True)
     names = [f"t{i:05d}.png" for i in range(len(test_idx))]
     for name, i in zip(names, test_idx):
-        Image.fromarray(d["images"][i], "L").save(test_dir / "images" / name)
-    test_true = np.array(CLASSES)[d["labels"][test_idx]]
+        Image.fromarray(all_images[i], "L").save(test_dir / "images" / name)
+    test_true = np.array(CLASSES)[all_labels[test_idx]]
     pd.DataFrame({"path": names, "label": test_true}).to_csv(test_dir / "labels.csv", index=False)
 
     t0 = time.perf_counter()

@@ -115,6 +115,9 @@ def scan(
     except LabelfixError as exc:
         _fail(exc)
     render_scan(result.summary, json_out)
+    if json_out:
+        for w in result.summary.get("warnings", []):
+            typer.echo(f"labelfix: warning: {w}", err=True)
     rate = result.summary["estimated_noise_rate"]
     if fail_above is not None and rate > fail_above:
         _fail(GateFailed(f"estimated share of wrong labels {rate:.4f} exceeds --fail-above {fail_above}"))

@@ -125,8 +125,10 @@ def train_classifier(
     progress = progress or NullProgress()
     dev = batches.device
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay)
+    from .teacher import effective_batch_size
+
     n = len(train_idx)
-    bs = min(cfg.batch_size, n)
+    bs = effective_batch_size(cfg.batch_size, n)
     steps = max(1, n // bs)
     total = steps * cfg.epochs
     key = hashlib.sha256(json.dumps([asdict(cfg), int(n), description], sort_keys=True).encode()).hexdigest()[:16]

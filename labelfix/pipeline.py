@@ -199,6 +199,15 @@ def scan(inputs: ScanInputs, cfg: ScanConfig, out: Path, progress: Progress | No
             score = issue_score(quality, clean)
             suggested = np.where(flags, m.argmax(axis=1), y)
 
+        warnings = []
+        agreement = float((probs.argmax(1) == y).mean())
+        chance = float(np.max(np.bincount(y, minlength=c)) / len(y))
+        if agreement < min(0.95, 1.5 * chance):
+            warnings.append(
+                f"the teacher agrees with the given labels on {agreement:.1%} of held-out samples, near chance "
+                f"({chance:.1%}): flags and suggestions are unreliable; use a stronger teacher (more data, "
+                "--epochs, a pretrained --teacher) or --pred-probs from a model you trust"
+            )
         names = np.array(labels.class_names, dtype=object)
         table = {
             "path": labels.paths.astype(str),
@@ -269,6 +278,7 @@ def scan(inputs: ScanInputs, cfg: ScanConfig, out: Path, progress: Progress | No
             "teacher_heldout_agreement_with_given": round(float((probs.argmax(1) == y).mean()), 4),
             "graph": {"k": int(graph.ids.shape[1]), "index": graph.index_kind},
             "partition_rules": {labels.class_names[k]: v for k, v in partition_notes.items()},
+            "warnings": warnings,
             "timings_s": timer.times,
         }
         meta = {

@@ -35,6 +35,8 @@ def render_scan(summary: dict, as_json: bool = False) -> None:
     times = ", ".join(f"{k} {v:.1f}s" for k, v in summary["timings_s"].items())
     con.print(f"teacher agreement with given labels (out-of-sample): {summary['teacher_heldout_agreement_with_given']:.1%}")
     con.print(f"time: {times}")
+    for w in summary.get("warnings", []):
+        con.print(f"[bold yellow]warning:[/] {w}")
 
 
 def render_demo(summary: dict, metrics: dict, out: Path) -> None:

@@ -143,6 +143,12 @@ def _random_shift(x, gen, pad: int):
     return torch.stack([xp[i, :, oy[i] : oy[i] + h, ox[i] : ox[i] + w] for i in range(n)])
 
 
+def effective_batch_size(requested: int, n: int) -> int:
+    """The requested batch size, shrunk on small datasets so an epoch has about ten steps
+    (a 150-sample fold with batch 256 would otherwise train one step per epoch)."""
+    return int(max(1, min(requested, n, max(16, n // 10))))
+
+
 def auto_epochs(n_train: int) -> int:
     """About 80k sample-visits per fold model, between 8 and 40 epochs (fits 20k images on 2 CPU
     cores in the scan time budget; measured in docs/benchmarks.md)."""
@@ -156,7 +162,7 @@ def _train_fold(model, batches: Batches, train_idx, y, num_classes, cfg: Teacher
     gen = torch.Generator().manual_seed(int(seed))
     rng = np.random.default_rng(seed)
     n = len(train_idx)
-    bs = min(cfg.batch_size, n)
+    bs = effective_batch_size(cfg.batch_size, n)
     steps_per_epoch = max(1, n // bs)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=5e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=epochs * steps_per_epoch, pct_start=0.25)
@@ -443,7 +449,7 @@ def crossfit_linear_head(
         head = torch.nn.Linear(d, num_classes).to(device)
         opt = torch.optim.AdamW(head.parameters(), lr=1e-2, weight_decay=1e-3)
         gen = torch.Generator(device="cpu").manual_seed(seed * 1000 + k)
-        bs = 1024
+        bs = effective_batch_size(1024, len(tr))
         for _ in range(epochs):
             perm = tr[torch.randperm(len(tr), generator=gen).to(device)]
             for s in range(0, len(perm), bs):

@@ -1,0 +1,169 @@
+"""refine, distill, predict and bench on tiny real data (digits), with real torch/faiss/Parquet."""
+
+from __future__ import annotations
+
+import json
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+import labelfix
+import labelfix.cli
+from labelfix.config import ScanConfig, TeacherConfig
+from labelfix.demo import write_digits_folder
+from labelfix.distill import DistillConfig, distill, predict
+from labelfix.metrics import precision_recall_f1
+from labelfix.pipeline import ScanInputs, scan
+from labelfix.refine import RefineConfig, refine
+
+
+def _cli(args):
+    return CliRunner().invoke(labelfix.cli.app, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory):
+    """A scan of 300 digits at 30% noise (small teacher) and its truth."""
+    root = tmp_path_factory.mktemp("digits")
+    csv, y, noisy = write_digits_folder(root / "data", 0.3, 0, n=300)
+    cfg = ScanConfig(seed=0, teacher=TeacherConfig(epochs=15, width=8))
+    scan(ScanInputs(images_dir=root / "data" / "images", labels_csv=csv), cfg, root / "run")
+    return root, y, noisy
+
+
+def test_refine_outputs(digits_run, tmp_path):
+    root, y, noisy = digits_run
+    run = root / "run"
+    stats = refine(run)
+    df = pd.read_parquet(run / "refined.parquet")
+    assert len(df) == len(y)
+    soft = np.stack(df["soft_label"].to_numpy())
+    assert soft.shape == (len(y), 10) and soft.dtype == np.float32
+    np.testing.assert_allclose(soft.sum(1), 1.0, atol=1e-5)
+    assert df["ambiguity"].between(0, 1).all()
+    assert set(df["action"]) <= {"keep", "relabel", "review"}
+    assert (df.loc[df["action"] == "review", "weight"] == 0).all()
+    # refined labels are more accurate than the given ones
+    refined = soft.argmax(1)
+    assert (refined == y).mean() > (noisy == y).mean() + 0.1
+    # labels.refined.csv: same rows and columns, labels replaced only on relabel rows
+    user = pd.read_csv(root / "data" / "labels.csv", dtype=str)
+    out = pd.read_csv(run / "labels.refined.csv", dtype=str)
+    assert list(out.columns) == list(user.columns) and list(out["path"]) == list(user["path"])
+    changed = out["label"] != user["label"]
+    assert set(df.index[changed.to_numpy()]) == set(df.index[df["action"] == "relabel"])
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["refine"]["counts"] == stats["counts"]
+    # --drop-review leaves review rows out
+    refine(run, RefineConfig(drop_review=True))
+    dropped = pd.read_csv(run / "labels.refined.csv", dtype=str)
+    assert len(dropped) == len(user) - int((df["action"] == "review").sum())
+
+
+def test_refine_run_dir_errors(tmp_path, digits_run):
+    r = _cli(["refine", tmp_path / "nope"])
+    assert r.exit_code == 4 and "not found" in r.output
+    root, _, _ = digits_run
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    summary = json.loads((root / "run" / "summary.json").read_text())
+    summary["labelfix_version"] = "9.9.0"
+    (bad / "summary.json").write_text(json.dumps(summary))
+    r = _cli(["refine", bad])
+    assert r.exit_code == 4 and "9.9.0" in r.output and len(r.output.strip().splitlines()) == 1
+    summary["labelfix_version"] = labelfix.__version__
+    (bad / "summary.json").write_text(json.dumps(summary))
+    r = _cli(["refine", bad])
+    assert r.exit_code == 4 and "scan.parquet" in r.output
+
+
+class _InterruptAfter:
+    """A Progress whose tasks raise KeyboardInterrupt once `limit` samples have advanced."""
+
+    def __init__(self, limit):
+        self.limit, self.seen = limit, 0
+
+    @contextmanager
+    def task(self, description, total):
+        outer = self
+
+        class T:
+            def advance(self, n=1):
+                outer.seen += n
+                if outer.seen > outer.limit:
+                    raise KeyboardInterrupt
+
+        yield T()
+
+    def log(self, message):
+        pass
+
+
+def test_distill_resume_predict(digits_run, tmp_path):
+    root, y, noisy = digits_run
+    run = root / "run"
+    refine(run)
+    cfg = DistillConfig(student="resnet18", epochs=2, batch_size=64, seed=0)
+    n_train = int((pd.read_parquet(run / "refined.parquet")["weight"] > 0).sum() * 0.9)
+    with pytest.raises(KeyboardInterrupt):  # interrupted during epoch 2
+        distill(run, cfg, _InterruptAfter(limit=(n_train // 64) * 64 + 10))
+    assert (run / "checkpoints" / "student-last.pt").is_file()
+    report = distill(run, cfg)
+    assert [e["epoch"] for e in report["epochs"]] == [1, 2]  # epoch 1 came from the checkpoint
+    for name in ("student.pt", "student.json", "distill.json", "student_embeddings.npy", "student_probs.npy"):
+        assert (run / name).is_file(), name
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["refine"]["mutual_rounds"] is True
+    # predict on the training images reproduces the student's own probabilities
+    out = predict(root / "data" / "images", run / "student.pt", tmp_path / "pred", root / "data" / "truth.csv")
+    pred = pd.read_parquet(tmp_path / "pred" / "predictions.parquet")
+    meta = json.loads((run / "student.json").read_text())
+    student = np.load(run / "student_probs.npy")
+    names = np.array(meta["class_names"])
+    assert list(pred["predicted_label"]) == list(names[student.argmax(1)])
+    assert out["accuracy"] == pytest.approx(float((names[student.argmax(1)] == y.astype(str)).mean()), abs=1e-4)
+
+
+def test_distill_errors(digits_run, tmp_path):
+    root, _, _ = digits_run
+    r = _cli(["distill", root / "run", "--student", "resnet_does_not_exist", "--epochs", "1"])
+    assert r.exit_code == 2 and "resnet_does_not_exist" in r.output
+    # a --pred-probs run has no images: refine works, distill refuses clearly
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(3), 40)
+    probs = rng.dirichlet(np.ones(3), len(y)) * 0.3
+    probs[np.arange(len(y)), y] += 0.7
+    np.save(tmp_path / "p.npy", probs / probs.sum(1, keepdims=True))
+    pd.DataFrame({"path": [f"r{i}" for i in range(len(y))], "label": y}).to_csv(tmp_path / "l.csv", index=False)
+    r = _cli(["scan", "--labels", tmp_path / "l.csv", "--pred-probs", tmp_path / "p.npy", "--out", tmp_path / "run", "--json"])
+    assert r.exit_code == 0, r.output
+    assert _cli(["refine", tmp_path / "run", "--json"]).exit_code == 0
+    r = _cli(["distill", tmp_path / "run", "--epochs", "1"])
+    assert r.exit_code == 2 and "no images" in r.output
+
+
+def test_bench_beats_label_agnostic_baseline(tmp_path):
+    """A small benchmark: 400 digits, 30% symmetric noise; labelfix vs flagging at random."""
+    from sklearn.datasets import load_digits
+
+    from labelfix.bench import bench_images
+
+    d = load_digits()
+    idx = np.sort(np.random.default_rng(0).permutation(len(d.target))[:400])
+    images = (d.images[idx] / 16 * 255).round().astype(np.uint8)
+    y = d.target[idx].astype(np.int64)
+    cfg = ScanConfig(seed=0, teacher=TeacherConfig(epochs=10, width=8))
+    row = bench_images(images, y, [str(k) for k in range(10)], "symmetric", 0.3, tmp_path, cfg, compare=True)
+    truth_rate = row["actual_noise_rate"]
+    rng = np.random.default_rng(1)
+    truth = rng.random(400) < truth_rate
+    random_flags = rng.random(400) < truth_rate  # label-agnostic: independent of the labels
+    baseline = precision_recall_f1(random_flags, truth)["f1"]
+    assert row["labelfix flags"]["f1"] >= baseline + 0.4
+    assert row["refined_accuracy"] > row["given_accuracy"] + 0.10
+    assert "cleanlab prune_by_noise_rate" in row["cleanlab"]
+    assert (tmp_path / "bench.json").is_file()

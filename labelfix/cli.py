@@ -69,7 +69,7 @@ def _classes(value: Optional[str]) -> Optional[list[str]]:
     else:
         names = [s.strip() for s in value.split(",") if s.strip()]
     if len(names) < 2 or len(set(names)) != len(names):
-        raise typer.BadParameter("needs at least two distinct class names", param_hint="--classes")
+        _fail(InputError("--classes: needs at least two distinct class names"))
     return names
 
 
@@ -102,7 +102,7 @@ def scan(
     from .render import render_scan
 
     if fail_above is not None and not 0.0 <= fail_above <= 1.0:
-        raise typer.BadParameter("must be in [0, 1]", param_hint="--fail-above")
+        _fail(InputError(f"--fail-above must be in [0, 1] (got {fail_above})"))
     if out.exists() and not out.is_dir():
         _fail(InputError(f"{out}: --out exists and is not a directory"))
     try:
@@ -221,9 +221,9 @@ def bench(
     from .render import render_bench
 
     if noise not in ("symmetric", "asymmetric", "instance"):
-        raise typer.BadParameter("must be symmetric, asymmetric or instance", param_hint="--noise")
+        _fail(InputError(f"--noise must be symmetric, asymmetric or instance (got {noise!r})"))
     if not 0.0 <= rate < 1.0:
-        raise typer.BadParameter("must be in [0, 1)", param_hint="--rate")
+        _fail(InputError(f"--rate must be in [0, 1) (got {rate})"))
     try:
         if npz is not None:
             images, labels = load_npz(npz, n, seed)
@@ -231,10 +231,10 @@ def bench(
             row = bench_images(images, labels, names, noise, rate, out, ScanConfig(seed=seed), default_pairs(names), not no_cleanlab, RichProgress(not json_out))
         elif pred_probs is not None:
             if noisy_labels is None or true_labels is None:
-                raise typer.BadParameter("--pred-probs needs --noisy-labels and --true-labels", param_hint="--pred-probs")
+                raise InputError("--pred-probs needs --noisy-labels and --true-labels")
             row = bench_pred_probs(pred_probs, np.load(noisy_labels), np.load(true_labels), out, embeddings, ScanConfig(seed=seed), not no_cleanlab, RichProgress(not json_out))
         else:
-            raise typer.BadParameter("give --npz (clean data) or --pred-probs with --noisy-labels and --true-labels")
+            raise InputError("give --npz (clean data) or --pred-probs with --noisy-labels and --true-labels")
     except LabelfixError as exc:
         _fail(exc)
     render_bench(row, json_out)
@@ -251,7 +251,7 @@ def demo(
     from .render import render_demo
 
     if not 0.0 <= noise < 1.0:
-        raise typer.BadParameter("must be in [0, 1)", param_hint="--noise")
+        _fail(InputError(f"--noise must be in [0, 1) (got {noise})"))
     try:
         result, metrics = run_demo(out, noise, seed, RichProgress())
     except LabelfixError as exc:

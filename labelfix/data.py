@@ -132,7 +132,7 @@ def check_class_sizes(labels: LabelSet, source: str) -> None:
             )
 
 
-def read_image_folder(root: Path) -> LabelSet:
+def read_image_folder(root: Path, class_order: list[str] | None = None) -> LabelSet:
     """ImageFolder layout: ROOT/CLASS_NAME/IMAGE, one subfolder per class."""
     root = Path(root)
     classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
@@ -147,7 +147,10 @@ def read_image_folder(root: Path) -> LabelSet:
     if not paths:
         raise InputError(f"{root}: no images found in the class subfolders")
     listing = hashlib.sha256("\n".join(f"{p}\t{g}" for p, g in zip(paths, given)).encode()).hexdigest()
-    class_names = _class_order(given)
+    class_names = list(class_order) if class_order else _class_order(given)
+    unknown = sorted(set(given) - set(class_names))
+    if unknown:
+        raise InputError(f"{root}: class folder {unknown[0]!r} is not in --classes ({', '.join(class_names[:20])})")
     index = {c: j for j, c in enumerate(class_names)}
     out = LabelSet(
         np.array(paths, dtype=object),

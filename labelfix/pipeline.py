@@ -88,7 +88,7 @@ def load_labels(inputs: ScanInputs) -> LabelSet:
         raise InputError("give IMAGES_DIR, or --labels CSV with --pred-probs")
     if not Path(inputs.images_dir).is_dir():
         raise InputError(f"{inputs.images_dir}: images folder not found")
-    return read_image_folder(inputs.images_dir)
+    return read_image_folder(inputs.images_dir, inputs.classes)
 
 
 def scan(inputs: ScanInputs, cfg: ScanConfig, out: Path, progress: Progress | None = None) -> ScanResult:
@@ -111,6 +111,12 @@ def scan(inputs: ScanInputs, cfg: ScanConfig, out: Path, progress: Progress | No
         raise InputError("--embeddings needs --pred-probs (or leave both out to use a teacher)")
     if inputs.pred_probs is not None and inputs.labels_csv is None:
         raise InputError("--pred-probs needs --labels CSV (its rows follow the CSV's rows)")
+    if inputs.pred_probs is None and inputs.images_dir is None:
+        raise InputError("give IMAGES_DIR (the folder the CSV's paths are relative to), or --pred-probs")
+    if inputs.pred_probs is None:
+        from .teacher import validate_teacher
+
+        validate_teacher(cfg.teacher)
     timer = _Timer()
     out = Path(out)
     device = resolve_device(cfg.device)
@@ -160,7 +166,7 @@ def scan(inputs: ScanInputs, cfg: ScanConfig, out: Path, progress: Progress | No
                 }
             )[:20]
             cache_dir = out / "cache" / f"teacher-{key}"
-            if (cache_dir / "probs.npy").is_file() and (cache_dir / EMBEDDINGS_FILE).is_file():
+            if all((cache_dir / f).is_file() for f in ("probs.npy", EMBEDDINGS_FILE, "stats.json")):
                 teacher = TeacherOutput(
                     np.load(cache_dir / "probs.npy"),
                     np.load(cache_dir / EMBEDDINGS_FILE),

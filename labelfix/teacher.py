@@ -464,6 +464,32 @@ def crossfit_linear_head(
     return probs, stats
 
 
+def validate_teacher(cfg: TeacherConfig) -> None:
+    """Check `--teacher`, `--weights` and `--arch` before any image is decoded."""
+    if cfg.teacher == "auto":
+        return
+    path = Path(cfg.teacher)
+    if path.exists():
+        if not path.is_file():
+            raise InputError(f"--teacher {cfg.teacher}: a directory, not a checkpoint file")
+        return
+    import torchvision
+
+    known = torchvision.models.list_models(module=torchvision.models)
+    if cfg.teacher not in known:
+        looks_like_path = "/" in cfg.teacher or path.suffix in (".pt", ".pth", ".ckpt", ".bin")
+        raise InputError(
+            f"--teacher {cfg.teacher}: checkpoint file not found" if looks_like_path
+            else f"--teacher {cfg.teacher!r}: not 'auto', a checkpoint path, or a torchvision classification model"
+        )
+    if not cfg.weights:
+        raise InputError(f"--teacher {cfg.teacher}: pass --weights (e.g. DEFAULT); a random-init teacher knows nothing")
+    if cfg.weights != "DEFAULT":
+        names = [m.name for m in torchvision.models.get_model_weights(cfg.teacher)]
+        if cfg.weights not in names:
+            raise InputError(f"--weights {cfg.weights!r}: unknown for {cfg.teacher} (known: {', '.join(names)})")
+
+
 def run_teacher(images, y, num_classes, cfg: TeacherConfig, seed: int, device: str, progress=None) -> TeacherOutput:
     if cfg.teacher == "auto":
         return train_auto_teacher(images, y, num_classes, cfg, seed, device, progress)

@@ -1,0 +1,78 @@
+"""Shared fixtures: tiny datasets written into pytest's tmp folders, and a CLI runner helper."""
+
+from __future__ import annotations
+
+import os
+
+# One BLAS/OpenMP thread unless the caller says otherwise: the models here are tiny, and on a
+# 2-core machine shared with other work, spinning OpenMP threads made the teacher 4x slower.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import inspect
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+import labelfix.cli
+
+# Small teacher settings: the CLI has no --width, so CLI runs use the default width with 2 epochs.
+FAST_CLI = ["--epochs", "2", "--folds", "2", "--device", "cpu"]
+
+
+def make_runner() -> CliRunner:
+    """A runner that keeps stderr apart from stdout on every typer/click version."""
+    if "mix_stderr" in inspect.signature(CliRunner.__init__).parameters:
+        return CliRunner(mix_stderr=False)
+    return CliRunner()
+
+
+def run_cli(args: list[str]):
+    return make_runner().invoke(labelfix.cli.app, [str(a) for a in args])
+
+
+def stderr_of(result) -> str:
+    try:
+        return result.stderr
+    except (ValueError, AttributeError):  # old click with mixed streams
+        return result.output
+
+
+def write_csv(path: Path, header: tuple[str, str], rows) -> Path:
+    lines = [",".join(header)] + [f"{p},{g}" for p, g in rows]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def write_tiny_images(root: Path, n_per_class: int = 3, classes=("a", "b"), size: int = 8, seed: int = 0):
+    """Random grayscale PNGs; returns [(relative path, label)] in a fixed order."""
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for c in classes:
+        for i in range(n_per_class):
+            name = f"{c}_{i}.png"
+            Image.fromarray(rng.integers(0, 256, (size, size), dtype=np.uint8), "L").save(root / name)
+            rows.append((name, c))
+    return rows
+
+
+@pytest.fixture
+def tiny_dataset(tmp_path):
+    """(images dir, labels csv, rows) with 2 classes x 3 random 8x8 PNGs."""
+    img = tmp_path / "images"
+    rows = write_tiny_images(img)
+    csv = write_csv(tmp_path / "labels.csv", ("path", "label"), rows)
+    return img, csv, rows
+
+
+@pytest.fixture(scope="session")
+def digits200(tmp_path_factory):
+    """200 scikit-learn digits as 8x8 PNGs with 20% injected noise: (root, csv, truth, noisy)."""
+    from labelfix.demo import write_digits_folder
+
+    root = tmp_path_factory.mktemp("digits200")
+    csv, y, noisy = write_digits_folder(root, 0.2, 0, n=200)
+    return root, csv, y, noisy

@@ -11,11 +11,9 @@ cleanlab's variants on the same teacher outputs in the same run. CPU only.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path

@@ -322,6 +322,5 @@ def decode_images(
         for _ in pool.map(work, range(n)):
             task.advance()
     mm.flush()
-    del mm
     h = hashlib.sha256("\n".join(digests).encode()).hexdigest()
     return ImageArray(out_path, (n, size, size, channels), h)

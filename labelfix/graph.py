@@ -79,15 +79,15 @@ def build_knn(
     with progress.task(f"kNN graph ({kind})", total=n) as task:
         for s in range(0, n, chunk):
             q = emb[s : s + chunk]
-            D, I = index.search(q, k + 1)
+            dist, nbr = index.search(q, k + 1)
             own = np.arange(s, s + len(q))[:, None]
-            is_self = I == own
+            is_self = nbr == own
             # Drop the self hit if present, otherwise the last column.
             drop = np.where(is_self.any(axis=1), is_self.argmax(axis=1), k)
-            keep = np.ones_like(I, dtype=bool)
+            keep = np.ones_like(nbr, dtype=bool)
             keep[np.arange(len(q)), drop] = False
-            ids[s : s + len(q)] = I[keep].reshape(len(q), k)
-            sims[s : s + len(q)] = D[keep].reshape(len(q), k)
+            ids[s : s + len(q)] = nbr[keep].reshape(len(q), k)
+            sims[s : s + len(q)] = dist[keep].reshape(len(q), k)
             task.advance(len(q))
     # Approximate indexes may return -1 for missing neighbours: point them at self with weight 0.
     missing = ids < 0

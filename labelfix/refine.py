@@ -20,7 +20,7 @@ from .graph import KnnGraph, build_knn
 from .outputs import atomic_write_bytes, atomic_write_json, check_version, list_column, read_parquet, write_parquet
 from .pipeline import EMBEDDINGS_FILE, GRAPH_IDS, GRAPH_SIMS, SCAN_FILE, SUMMARY_FILE
 from .progress import NullProgress, Progress
-from .propagation import normalized_adjacency, propagated_labels, propagate
+from .propagation import normalized_adjacency, propagate, propagated_labels
 from .scoring import flag_issues, label_quality
 from .selection import confident_joint
 

@@ -224,7 +224,6 @@ def train_auto_teacher(
 ) -> TeacherOutput:
     """K-fold cross-fitted small ResNet. `images` is (N, H, W, C) uint8 (a memmap is fine)."""
     import torch
-    import torch.nn.functional as F
 
     progress = progress or NullProgress()
     n = len(y)
@@ -243,7 +242,7 @@ def train_auto_teacher(
         with progress.task(f"teacher fold {k + 1}/{cfg.folds}", total=epochs * len(train_idx)) as task:
             losses = _train_fold(model, batches, train_idx, y, num_classes, cfg, seed * 1000 + k, epochs, task)
         with progress.task(f"embed fold {k + 1}/{cfg.folds}", total=n) as task:
-            outs = _infer(lambda x: _feat_and_prob(model, x), batches, all_idx, cfg.batch_size * 2, task)
+            outs = _infer(lambda x, m=model: _feat_and_prob(m, x), batches, all_idx, cfg.batch_size * 2, task)
         f = torch.cat([o[0] for o in outs]).cpu().numpy()
         p = torch.cat([o[1] for o in outs]).cpu().numpy()
         probs[held] = p[held]
@@ -259,7 +258,6 @@ def train_auto_teacher(
                 "train_agreement_with_given": float((p[train_idx].argmax(1) == y[train_idx]).mean()),
             }
         )
-        del model
     emb = np.concatenate(feats, axis=1) / np.sqrt(cfg.folds)
     emb = _l2n(emb)
     return TeacherOutput(probs, emb.astype(np.float32), stats)

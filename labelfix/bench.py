@@ -132,6 +132,7 @@ def bench_images(
     c = len(class_names)
     y_noisy = inject(noise, y_true, rate, c, cfg.seed, features=images, pairs=pairs)
     work = Path(work)
+    work.mkdir(parents=True, exist_ok=True)
     img_dir = Path(image_dir) if image_dir is not None else work / "images"
     img_dir.mkdir(parents=True, exist_ok=True)
     names = [f"{i:06d}.png" for i in range(len(y_true))]

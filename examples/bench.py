@@ -72,7 +72,7 @@ def median_row(rows: list[dict]) -> dict:
     return out
 
 
-def run_matrix(names: list[str], repeats: int, work: Path) -> dict:
+def run_matrix(names: list[str], repeats: int, work: Path, reuse: bool = False, on_row=None) -> dict:
     from labelfix.bench import bench_images, bench_pred_probs, load_npz
     from labelfix.config import ScanConfig
     from labelfix.noise import FASHION_MNIST_PAIRS
@@ -83,6 +83,10 @@ def run_matrix(names: list[str], repeats: int, work: Path) -> dict:
         t = time.perf_counter()
         reps = []
         for r in range(repeats):
+            done = work / f"{name}-r{r}" / "bench.json"
+            if reuse and done.is_file():
+                reps.append(json.loads(done.read_text()))
+                continue
             if name in FMNIST_ROWS:
                 if images is None:
                     images, labels = load_npz(SHARED / "fashion-mnist.npz", 20_000, 0)
@@ -100,6 +104,8 @@ def run_matrix(names: list[str], repeats: int, work: Path) -> dict:
         print(f"{name}: labelfix F1 {results[name]['labelfix flags']['f1']:.4f}, best cleanlab "
               f"{results[name].get('best_cleanlab_f1', float('nan')):.4f}, refined acc {results[name]['refined_accuracy']:.4f}, "
               f"{results[name]['row_seconds']:.0f}s", flush=True)
+        if on_row is not None:
+            on_row(results)
     return results
 
 
@@ -163,22 +169,29 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--work", type=Path, default=Path("/tmp/labelfix-bench"))
     ap.add_argument("--docs", type=Path, default=ROOT / "docs")
+    ap.add_argument("--reuse", action="store_true", help="take rows whose bench.json already exists in --work")
     args = ap.parse_args()
     names = [n for n in args.rows.split(",") if n]
     unknown = [n for n in names if n not in FMNIST_ROWS and n not in CIFAR_ROWS]
     if unknown:
         sys.exit(f"unknown rows: {unknown}")
-    t = time.perf_counter()
-    results = run_matrix(names, args.repeats, args.work)
-    total = time.perf_counter() - t
-    command = "make bench" if len(names) == len(FMNIST_ROWS) + len(CIFAR_ROWS) else " ".join(["python", *sys.argv])
-    md = markdown(results, command, total, args.repeats)
-    args.docs.mkdir(parents=True, exist_ok=True)
     from labelfix.outputs import atomic_write_bytes, atomic_write_json
 
-    atomic_write_bytes(args.docs / "benchmarks.md", md.encode())
-    atomic_write_json(args.docs / "benchmarks.json", {"command": command, "total_s": round(total, 1), "rows": results})
-    print(md)
+    t = time.perf_counter()
+    command = "make bench" if len(names) == len(FMNIST_ROWS) + len(CIFAR_ROWS) else " ".join(["python", *sys.argv])
+    args.docs.mkdir(parents=True, exist_ok=True)
+
+    def write(results: dict) -> str:
+        """Called after every row, so an interrupted run still leaves a true (partial) table."""
+        total = time.perf_counter() - t
+        done = f" ({len(results)} of {len(names)} rows done)" if len(results) < len(names) else ""
+        md = markdown(results, command + done, total, args.repeats)
+        atomic_write_bytes(args.docs / "benchmarks.md", md.encode())
+        atomic_write_json(args.docs / "benchmarks.json", {"command": command, "total_s": round(total, 1), "rows": results})
+        return md
+
+    results = run_matrix(names, args.repeats, args.work, args.reuse, on_row=write)
+    print(write(results))
 
 
 if __name__ == "__main__":

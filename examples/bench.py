@@ -11,6 +11,7 @@ cleanlab's variants on the same teacher outputs in the same run. CPU only.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import statistics

@@ -157,7 +157,7 @@ def distill(
     epochs: Annotated[int, typer.Option(help="Training epochs.")] = 10,
     batch_size: Annotated[int, typer.Option(help="Batch size.")] = 128,
     lr: Annotated[float, typer.Option(help="Peak learning rate (SGD, cosine schedule).")] = 0.05,
-    kd_weight: Annotated[float, typer.Option(help="Weight of distillation from the teacher (0..1).")] = 0.5,
+    kd_weight: Annotated[float, typer.Option(help="Weight of distillation from the teacher (0..1); raise it for a strong, e.g. pretrained, teacher.")] = 0.0,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
     seed: Annotated[int, typer.Option(help="Seed for every random choice.")] = 0,
     json_out: Annotated[bool, typer.Option("--json", help="Print distill.json on stdout.")] = False,

@@ -37,7 +37,7 @@ class DistillConfig:
     batch_size: int = 128
     lr: float = 0.05
     weight_decay: float = 5e-4
-    kd_weight: float = 0.5
+    kd_weight: float = 0.0
     kd_temperature: float = 4.0
     val_fraction: float = 0.1
     device: str = "auto"

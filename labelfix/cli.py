@@ -19,6 +19,18 @@ app = typer.Typer(
 )
 
 
+@app.callback()
+def _main() -> None:
+    """Find and fix wrong labels in image classification datasets."""
+    import signal
+
+    # SIGTERM (CI time-outs, kill) unwinds like Ctrl-C, so staged outputs are removed.
+    def _terminate(signum, frame):
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, _terminate)
+
+
 class RichProgress:
     """Progress bars on stderr."""
 

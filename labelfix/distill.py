@@ -186,25 +186,24 @@ def train_classifier(
 
 
 def infer(model, batches, idx: np.ndarray, batch_size: int = 512, progress: Progress | None = None, features: bool = False):
-    """(probs (n, C), features (n, D) L2-normalised or None) for rows `idx`."""
-    import torch
+    """(probs (n, C), features (n, D) L2-normalised or None) for rows `idx`, through the same
+    batched-inference loop as the teacher."""
     import torch.nn.functional as F
 
+    from .teacher import _infer
+
+    def step(x):
+        if features:
+            f, logits = _features_and_logits(model, x)
+            return F.softmax(logits.float(), dim=1).cpu().numpy(), F.normalize(f.float(), dim=1).cpu().numpy()
+        return F.softmax(model(x).float(), dim=1).cpu().numpy(), None
+
     progress = progress or NullProgress()
-    probs, feats = [], []
     model.eval()
-    with torch.inference_mode(), progress.task("student inference", total=len(idx)) as task:
-        for s in range(0, len(idx), batch_size):
-            b = idx[s : s + batch_size]
-            x = batches.get(b)
-            if features:
-                f, logits = _features_and_logits(model, x)
-                feats.append(F.normalize(f.float(), dim=1).cpu().numpy())
-            else:
-                logits = model(x)
-            probs.append(F.softmax(logits.float(), dim=1).cpu().numpy())
-            task.advance(len(b))
-    return np.concatenate(probs), (np.concatenate(feats) if features else None)
+    with progress.task("student inference", total=len(idx)) as task:
+        outs = _infer(step, batches, idx, batch_size, task)
+    probs = np.concatenate([o[0] for o in outs])
+    return probs, (np.concatenate([o[1] for o in outs]) if features else None)
 
 
 def student_batches(images, input_size: int, device: str, mean=None, std=None):

@@ -64,8 +64,11 @@ def propagated_labels(
 ) -> np.ndarray:
     """Row-stochastic (N, C) propagated label distribution; rows with no mass fall back."""
     c = fallback.shape[1]
-    z = propagate(wn, seed_matrix(y, weights, mask, c), alpha, iters)
+    return normalize_rows(propagate(wn, seed_matrix(y, weights, mask, c), alpha, iters), fallback)
+
+
+def normalize_rows(z: np.ndarray, fallback: np.ndarray) -> np.ndarray:
+    """Clip propagation scores at 0 and L1-normalise rows (never softmax); empty rows take `fallback`."""
     z = np.clip(z, 0.0, None)
     s = z.sum(axis=1, keepdims=True)
-    out = np.where(s > 1e-12, z / np.maximum(s, 1e-12), fallback)
-    return out.astype(np.float32)
+    return np.where(s > 1e-12, z / np.maximum(s, 1e-12), fallback).astype(np.float32)

@@ -20,7 +20,7 @@ from .graph import KnnGraph, build_knn
 from .outputs import atomic_write_bytes, atomic_write_json, check_version, list_column, read_parquet, write_parquet
 from .pipeline import EMBEDDINGS_FILE, GRAPH_IDS, GRAPH_SIMS, SCAN_FILE, SUMMARY_FILE
 from .progress import NullProgress, Progress
-from .propagation import normalized_adjacency, propagate, propagated_labels
+from .propagation import normalize_rows, normalized_adjacency, propagate, propagated_labels
 from .scoring import flag_issues, label_quality
 from .selection import confident_joint
 
@@ -160,9 +160,7 @@ def refine(run_dir: Path, cfg: RefineConfig | None = None, progress: Progress | 
                 seed[np.flatnonzero(seeds_mask), y[seeds_mask]] = clean[seeds_mask]
                 seed[~seeds_mask] = (1.0 - clean[~seeds_mask, None]) * history[-1][~seeds_mask]
                 seed /= np.maximum(seed.sum(axis=0, keepdims=True), 1e-12)
-                z = np.clip(propagate(views[r % len(views)], seed, cfg.alpha), 0.0, None)
-                s = z.sum(axis=1, keepdims=True)
-                history.append(np.where(s > 1e-12, z / np.maximum(s, 1e-12), evidence_probs).astype(np.float32))
+                history.append(normalize_rows(propagate(views[r % len(views)], seed, cfg.alpha), evidence_probs))
                 task.advance()
             p_lp = np.mean(history[-2:], axis=0)
 

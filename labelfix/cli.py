@@ -101,6 +101,10 @@ def scan(
     folds: Annotated[int, typer.Option(help="K of the K-fold cross-fitting.")] = 2,
     epochs: Annotated[int, typer.Option(help="Epochs per fold for the auto teacher (0 = from data size).")] = 0,
     image_size: Annotated[int, typer.Option(help="Resize images to this side (0 = from the data).")] = 0,
+    teacher_loss: Annotated[str, typer.Option("--teacher-loss", help="Auto-teacher loss: gce (robust to wrong labels) | ce.")] = "gce",
+    augment: Annotated[str, typer.Option(help="Auto-teacher random-shift augmentation: auto (on below 5,000 images per fold) | on | off.")] = "auto",
+    width: Annotated[int, typer.Option(help="Auto-teacher width (channels of its first stage).")] = 24,
+    precision: Annotated[str, typer.Option(help="auto | fp32 | bf16 (auto: bfloat16 where the hardware runs it natively).")] = "auto",
     k: Annotated[int, typer.Option("--k", help="Neighbours per sample in the kNN graph.")] = 20,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
     seed: Annotated[int, typer.Option(help="Seed for every random choice.")] = 0,
@@ -120,7 +124,8 @@ def scan(
     try:
         cfg = ScanConfig(
             k=k, seed=seed, device=device,
-            teacher=TeacherConfig(teacher=teacher, weights=weights, arch=arch, folds=folds, epochs=epochs, image_size=image_size),
+            teacher=TeacherConfig(teacher=teacher, weights=weights, arch=arch, folds=folds, epochs=epochs, image_size=image_size,
+                                  loss=teacher_loss, augment=augment, width=width, precision=precision),
         )
         inputs = ScanInputs(images_dir, labels, path_col, label_col, _classes(classes), pred_probs, embeddings)
         result = run_scan(inputs, cfg, out, RichProgress(not json_out))
@@ -171,6 +176,7 @@ def distill(
     lr: Annotated[float, typer.Option(help="Peak learning rate (SGD, cosine schedule).")] = 0.05,
     kd_weight: Annotated[float, typer.Option(help="Weight of distillation from the teacher (0..1); raise it for a strong, e.g. pretrained, teacher.")] = 0.0,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
+    precision: Annotated[str, typer.Option(help="auto | fp32 | bf16 (auto: bfloat16 where the hardware runs it natively).")] = "auto",
     seed: Annotated[int, typer.Option(help="Seed for every random choice.")] = 0,
     json_out: Annotated[bool, typer.Option("--json", help="Print distill.json on stdout.")] = False,
 ) -> None:
@@ -180,7 +186,7 @@ def distill(
     from .render import render_distill
 
     try:
-        cfg = DistillConfig(student=student, epochs=epochs, batch_size=batch_size, lr=lr, kd_weight=kd_weight, device=device, seed=seed)
+        cfg = DistillConfig(student=student, epochs=epochs, batch_size=batch_size, lr=lr, kd_weight=kd_weight, device=device, precision=precision, seed=seed)
         report = run_distill(run_dir, cfg, RichProgress(not json_out))
     except LabelfixError as exc:
         _fail(exc)

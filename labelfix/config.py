@@ -20,7 +20,17 @@ class TeacherConfig:
         epochs: training epochs per fold for the auto teacher (0 = chosen from the data size).
         image_size: side the images are resized to (0 = chosen from the data).
         batch_size: training and inference batch size.
+        loss: "gce" (generalised cross-entropy, Zhang & Sabuncu 2018: robust to wrong labels)
+            or "ce" (plain cross-entropy).
+        gce_q: the GCE exponent q in (0, 1]; q -> 0 is cross-entropy, q = 1 is MAE.
         elr_lambda: weight of the ELR regulariser (0 disables it).
+        augment: random-shift augmentation while training the auto teacher: "on", "off", or
+            "auto" = on when a fold model trains on fewer than 5,000 images (small data, many
+            epochs: it fights over-fitting), off above (few epochs over more data: it only slows
+            fitting). Measured: digits, 40 epochs, flag F1 0.89 -> 0.98 with it; Fashion-MNIST,
+            8 epochs, teacher accuracy 0.815 -> 0.790 with it.
+        width: channels of the auto teacher's first stage (then 2x and 4x).
+        precision: auto | fp32 | bf16 (auto: bfloat16 where the hardware runs it natively).
     """
 
     teacher: str = "auto"
@@ -31,9 +41,13 @@ class TeacherConfig:
     image_size: int = 0
     batch_size: int = 256
     lr: float = 0.003
-    elr_lambda: float = 3.0
+    loss: str = "gce"
+    gce_q: float = 0.7
+    elr_lambda: float = 0.0
     elr_beta: float = 0.7
-    width: int = 16
+    augment: str = "auto"
+    width: int = 24
+    precision: str = "auto"
 
     def validate(self) -> None:
         if self.folds < 2:
@@ -42,6 +56,16 @@ class TeacherConfig:
             raise InputError(f"--epochs must be >= 0 (got {self.epochs})")
         if self.batch_size < 1:
             raise InputError(f"--batch-size must be >= 1 (got {self.batch_size})")
+        if self.loss not in ("gce", "ce"):
+            raise InputError(f"--teacher-loss must be gce or ce (got {self.loss!r})")
+        if not 0.0 < self.gce_q <= 1.0:
+            raise InputError(f"--gce-q must be in (0, 1] (got {self.gce_q})")
+        if self.augment not in ("auto", "on", "off"):
+            raise InputError(f"--augment must be auto, on or off (got {self.augment!r})")
+        if self.width < 1:
+            raise InputError(f"--width must be >= 1 (got {self.width})")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise InputError(f"--precision must be auto, fp32 or bf16 (got {self.precision!r})")
         if self.image_size < 0:
             raise InputError(f"--image-size must be >= 0 (got {self.image_size})")
 

@@ -24,3 +24,35 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     if torch.cuda.is_available():
         torch.cuda.manual_seed_all(seed)
+
+
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def resolve_precision(device: str, precision: str = "auto") -> str:
+    """"fp32" or "bf16". auto = bfloat16 where the hardware computes it natively (CUDA GPUs with
+    bf16, CPUs with AVX512-BF16 or AMX: about 2x faster training at the same accuracy, measured in
+    docs/experiments.md), else float32."""
+    import torch
+
+    if precision not in PRECISIONS:
+        raise InputError(f"--precision must be one of {', '.join(PRECISIONS)} (got {precision!r})")
+    if precision != "auto":
+        return precision
+    if device == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    try:
+        return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
+    except (AttributeError, RuntimeError):
+        return "fp32"
+
+
+def autocast(device: str, precision: str):
+    """Context for forward passes: bfloat16 autocast when `precision` (resolved) is bf16."""
+    import contextlib
+
+    import torch
+
+    if precision == "bf16":
+        return torch.autocast(device_type=device, dtype=torch.bfloat16)
+    return contextlib.nullcontext()

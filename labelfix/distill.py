@@ -41,6 +41,7 @@ class DistillConfig:
     kd_temperature: float = 4.0
     val_fraction: float = 0.1
     device: str = "auto"
+    precision: str = "auto"
     seed: int = 0
 
     def validate(self) -> None:
@@ -52,6 +53,8 @@ class DistillConfig:
             raise InputError(f"--lr must be > 0 (got {self.lr})")
         if not 0.0 <= self.kd_weight <= 1.0:
             raise InputError(f"--kd-weight must be in [0, 1] (got {self.kd_weight})")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise InputError(f"--precision must be auto, fp32 or bf16 (got {self.precision!r})")
         if not 0.0 <= self.val_fraction < 0.5:
             raise InputError(f"--val-fraction must be in [0, 0.5) (got {self.val_fraction})")
 
@@ -120,10 +123,12 @@ def train_classifier(
     import torch
     import torch.nn.functional as F
 
+    from .device import autocast, resolve_precision
     from .teacher import _random_shift
 
     progress = progress or NullProgress()
     dev = batches.device
+    precision = resolve_precision(dev, cfg.precision)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay)
     from .teacher import effective_batch_size
 
@@ -160,7 +165,9 @@ def train_classifier(
                 b = np.sort(perm[s * bs : (s + 1) * bs])
                 bt = torch.from_numpy(b).to(dev)
                 x = _random_shift(batches.get(b), gen, pad)
-                logits = model(x)
+                with autocast(dev, precision):
+                    logits = model(x)
+                logits = logits.float()
                 logp = F.log_softmax(logits, dim=1)
                 per = -(tgt[bt] * logp).sum(1)
                 if tp is not None:
@@ -185,7 +192,15 @@ def train_classifier(
     return logs
 
 
-def infer(model, batches, idx: np.ndarray, batch_size: int = 512, progress: Progress | None = None, features: bool = False):
+def infer(
+    model,
+    batches,
+    idx: np.ndarray,
+    batch_size: int = 512,
+    progress: Progress | None = None,
+    features: bool = False,
+    precision: str = "fp32",
+):
     """(probs (n, C), features (n, D) L2-normalised or None) for rows `idx`, through the same
     batched-inference loop as the teacher."""
     import torch.nn.functional as F
@@ -201,7 +216,7 @@ def infer(model, batches, idx: np.ndarray, batch_size: int = 512, progress: Prog
     progress = progress or NullProgress()
     model.eval()
     with progress.task("student inference", total=len(idx)) as task:
-        outs = _infer(step, batches, idx, batch_size, task)
+        outs = _infer(step, batches, idx, batch_size, task, precision)
     probs = np.concatenate([o[0] for o in outs])
     return probs, (np.concatenate([o[1] for o in outs]) if features else None)
 
@@ -245,7 +260,7 @@ def distill(run_dir: Path, cfg: DistillConfig | None = None, progress: Progress 
     """Train the student, save it, and run the mutual refinement round. Returns distill.json's content."""
     import torch
 
-    from .device import resolve_device, seed_everything
+    from .device import resolve_device, resolve_precision, seed_everything
     from .refine import REFINED_FILE, STUDENT_EMB, STUDENT_PROBS, RefineConfig, load_run, refine
 
     cfg = cfg or DistillConfig()
@@ -260,6 +275,7 @@ def distill(run_dir: Path, cfg: DistillConfig | None = None, progress: Progress 
     names = list(summary["class_names"])
     c = len(names)
     device = resolve_device(cfg.device)
+    precision = resolve_precision(device, cfg.precision)
     seed_everything(cfg.seed)
     t0 = time.perf_counter()
     soft = list_column(ref, "soft_label")
@@ -277,9 +293,9 @@ def distill(run_dir: Path, cfg: DistillConfig | None = None, progress: Progress 
     held_idx = np.flatnonzero(held)
     val_acc = None
     if len(held_idx):
-        p_held, _ = infer(model, batches, held_idx, progress=progress)
+        p_held, _ = infer(model, batches, held_idx, progress=progress, precision=precision)
         val_acc = float((p_held.argmax(1) == refined[held_idx]).mean())
-    probs, feats = infer(model, batches, np.arange(len(refined)), progress=progress, features=True)
+    probs, feats = infer(model, batches, np.arange(len(refined)), progress=progress, features=True, precision=precision)
     torch.save(model.state_dict(), run_dir / (STUDENT_FILE + ".tmp"))
     os.replace(run_dir / (STUDENT_FILE + ".tmp"), run_dir / STUDENT_FILE)
     meta = {
@@ -293,6 +309,7 @@ def distill(run_dir: Path, cfg: DistillConfig | None = None, progress: Progress 
         "stem": stem,
         "mean": batches.mean.flatten().cpu().tolist(),
         "std": batches.std.flatten().cpu().tolist(),
+        "precision": precision,
         "preprocessing": "decode as in scan (grayscale kept, alpha on white), resize to image_size, "
         "repeat gray to 3 channels, resize to input_size, /255, normalise with mean/std",
     }
@@ -303,6 +320,7 @@ def distill(run_dir: Path, cfg: DistillConfig | None = None, progress: Progress 
         "labelfix_version": __version__,
         "config": asdict(cfg),
         "device": device,
+        "precision": precision,
         "train_rows": int(len(train_idx)),
         "heldout_rows": int(len(held_idx)),
         "excluded_review_rows": int((weight == 0).sum()),
@@ -380,7 +398,7 @@ def predict(
         if images.shape[3] != meta["channels"] and meta["channels"] == 1:
             images = np.asarray(images).mean(axis=3, keepdims=True).astype(np.uint8)
         batches = student_batches(images, meta["input_size"], device, meta["mean"], meta["std"])
-        probs, _ = infer(model, batches, np.arange(len(files)), progress=progress)
+        probs, _ = infer(model, batches, np.arange(len(files)), progress=progress, precision=meta.get("precision", "fp32"))
         del images
     pred = probs.argmax(1)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -121,9 +121,12 @@ def list_column(df, name: str) -> np.ndarray:
 
 
 @contextmanager
-def staged_run(out: Path) -> Iterator[Path]:
+def staged_run(out: Path, stale: tuple[str, ...] = ()) -> Iterator[Path]:
     """Yield a staging folder inside `out`; on success move its files into `out`, on failure
-    remove it (and `out` itself if this call created it), so bad input leaves nothing behind."""
+    remove it (and `out` itself if this call created it), so bad input leaves nothing behind.
+
+    `stale`: names (files or folders) in `out` from an earlier run that the new outputs make
+    wrong; removed on success only, unless the new run wrote them itself."""
     out = Path(out)
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
@@ -135,9 +138,18 @@ def staged_run(out: Path) -> Iterator[Path]:
         if created and out.exists() and not any(out.iterdir()):
             out.rmdir()
         raise
+    written = {p.relative_to(stage).parts[0] for p in stage.rglob("*") if p.is_file()}
     for src in sorted(stage.rglob("*")):
         if src.is_file():
             dst = out / src.relative_to(stage)
             dst.parent.mkdir(parents=True, exist_ok=True)
             os.replace(src, dst)
     shutil.rmtree(stage, ignore_errors=True)
+    for name in stale:
+        target = out / name
+        if name in written or not (target.exists() or target.is_symlink()):
+            continue
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target, ignore_errors=True)
+        else:
+            target.unlink(missing_ok=True)

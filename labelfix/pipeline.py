@@ -31,6 +31,18 @@ SUMMARY_FILE = "summary.json"
 GRAPH_IDS = "graph_ids.npy"
 GRAPH_SIMS = "graph_sims.npy"
 EMBEDDINGS_FILE = "embeddings.npy"
+# What later steps wrote into a run directory; a new scan makes it stale (removed on success).
+DOWNSTREAM = (
+    EMBEDDINGS_FILE,
+    "refined.parquet",
+    "labels.refined.csv",
+    "student_embeddings.npy",
+    "student_probs.npy",
+    "student.pt",
+    "student.json",
+    "distill.json",
+    "checkpoints",
+)
 
 
 @dataclass(frozen=True)
@@ -129,7 +141,7 @@ def scan(inputs: ScanInputs, cfg: ScanConfig, out: Path, progress: Progress | No
     csv_name = str(inputs.labels_csv or inputs.images_dir)
     teacher_stats: dict = {}
     image_info = None
-    with staged_run(out) as stage:
+    with staged_run(out, stale=DOWNSTREAM) as stage:
         if inputs.pred_probs is not None:
             with timer("read inputs"):
                 probs = check_pred_probs(load_npy(inputs.pred_probs, "--pred-probs", labels.n, c), inputs.pred_probs)

@@ -1,8 +1,9 @@
 """Teachers: where out-of-sample probabilities and embeddings come from.
 
 * `auto`: a small ResNet trained on the given labels with K-fold cross-fitting, so each sample's
-  probabilities come from the fold model that never trained on it. The ELR regulariser (Liu et
-  al. 2020) keeps the models from memorising wrong labels. Embeddings are the L2-normalised
+  probabilities come from the fold model that never trained on it. The generalised cross-entropy
+  loss (Zhang & Sabuncu 2018) keeps the models from fitting wrong labels (optionally with the ELR
+  regulariser, Liu et al. 2020). Embeddings are the L2-normalised
   penultimate features of all K fold models, concatenated: one shared space for the graph.
 * a torchvision architecture with `weights`, or a user checkpoint: a frozen feature extractor;
   probabilities come from a linear head cross-fitted on those features.
@@ -155,9 +156,20 @@ def auto_epochs(n_train: int) -> int:
     return int(np.clip(round(80_000 / max(n_train, 1)), 8, 40))
 
 
-def _train_fold(model, batches: Batches, train_idx, y, num_classes, cfg: TeacherConfig, seed, epochs, progress_task):
+AUGMENT_BELOW = 5_000
+
+
+def uses_augmentation(setting: str, n_train: int) -> bool:
+    """Whether the auto teacher augments: "on", "off", or "auto" = fewer than AUGMENT_BELOW
+    training images per fold model."""
+    return setting == "on" or (setting == "auto" and n_train < AUGMENT_BELOW)
+
+
+def _train_fold(model, batches: Batches, train_idx, y, num_classes, cfg: TeacherConfig, seed, epochs, progress_task, precision="fp32"):
     import torch
     import torch.nn.functional as F
+
+    from .device import autocast
 
     gen = torch.Generator().manual_seed(int(seed))
     rng = np.random.default_rng(seed)
@@ -169,6 +181,7 @@ def _train_fold(model, batches: Batches, train_idx, y, num_classes, cfg: Teacher
     targets = torch.zeros(n, num_classes, device=batches.device)
     y_t = torch.from_numpy(y[train_idx]).to(batches.device)
     pad = max(1, batches.images.shape[1] // 8)
+    augment = uses_augmentation(cfg.augment, n)
     losses = []
     model.train()
     for _ in range(epochs):
@@ -176,18 +189,26 @@ def _train_fold(model, batches: Batches, train_idx, y, num_classes, cfg: Teacher
         total, count = 0.0, 0
         for s in range(steps_per_epoch):
             local = perm[s * bs : (s + 1) * bs]
-            x = _random_shift(batches.get(train_idx[local]), gen, pad)
-            logits = model(x)
+            x = batches.get(train_idx[local])
+            if augment:
+                x = _random_shift(x, gen, pad)
+            with autocast(batches.device, precision):
+                logits = model(x)
+            logits = logits.float()
             yb = y_t[local]
             ce = F.cross_entropy(logits, yb)
-            loss = ce
+            if cfg.loss == "gce":
+                p_y = F.softmax(logits, dim=1).gather(1, yb[:, None]).squeeze(1).clamp_min(1e-6)
+                loss = ((1.0 - p_y**cfg.gce_q) / cfg.gce_q).mean()
+            else:
+                loss = ce
             if cfg.elr_lambda > 0:
                 p = F.softmax(logits, dim=1).clamp(1e-4, 1 - 1e-4)
                 lt = torch.from_numpy(local).to(batches.device)
                 with torch.no_grad():
                     targets[lt] = cfg.elr_beta * targets[lt] + (1 - cfg.elr_beta) * (p / p.sum(1, keepdim=True))
                 elr = torch.log(1 - (targets[lt] * p).sum(1)).mean()
-                loss = ce + cfg.elr_lambda * elr
+                loss = loss + cfg.elr_lambda * elr
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -200,14 +221,18 @@ def _train_fold(model, batches: Batches, train_idx, y, num_classes, cfg: Teacher
     return losses
 
 
-def _infer(model_fn, batches: Batches, idx: np.ndarray, batch_size: int, task=None):
+def _infer(model_fn, batches: Batches, idx: np.ndarray, batch_size: int, task=None, precision: str = "fp32"):
     import torch
+
+    from .device import autocast
 
     outs = []
     with torch.inference_mode():
         for s in range(0, len(idx), batch_size):
             b = idx[s : s + batch_size]
-            outs.append(model_fn(batches.get(b)))
+            x = batches.get(b)
+            with autocast(batches.device, precision):
+                outs.append(model_fn(x))
             if task is not None:
                 task.advance(len(b))
     return outs
@@ -225,13 +250,16 @@ def train_auto_teacher(
     """K-fold cross-fitted small ResNet. `images` is (N, H, W, C) uint8 (a memmap is fine)."""
     import torch
 
+    from .device import resolve_precision
+
     progress = progress or NullProgress()
     n = len(y)
     folds = fold_assignment(n, cfg.folds, seed)
     batches = Batches(images, device)
+    precision = resolve_precision(device, cfg.precision)
     probs = np.zeros((n, num_classes), dtype=np.float32)
     feats = []
-    stats = {"folds": []}
+    stats = {"folds": [], "precision": precision, "loss": cfg.loss, "width": cfg.width}
     all_idx = np.arange(n)
     for k in range(cfg.folds):
         train_idx = np.flatnonzero(folds != k)
@@ -240,9 +268,9 @@ def train_auto_teacher(
         torch.manual_seed(seed * 1000 + k)
         model = build_small_resnet(images.shape[3], num_classes, cfg.width).to(device)
         with progress.task(f"teacher fold {k + 1}/{cfg.folds}", total=epochs * len(train_idx)) as task:
-            losses = _train_fold(model, batches, train_idx, y, num_classes, cfg, seed * 1000 + k, epochs, task)
+            losses = _train_fold(model, batches, train_idx, y, num_classes, cfg, seed * 1000 + k, epochs, task, precision)
         with progress.task(f"embed fold {k + 1}/{cfg.folds}", total=n) as task:
-            outs = _infer(lambda x, m=model: _feat_and_prob(m, x), batches, all_idx, cfg.batch_size * 2, task)
+            outs = _infer(lambda x, m=model: _feat_and_prob(m, x), batches, all_idx, cfg.batch_size * 2, task, precision)
         f = torch.cat([o[0] for o in outs]).cpu().numpy()
         p = torch.cat([o[1] for o in outs]).cpu().numpy()
         probs[held] = p[held]
@@ -253,6 +281,7 @@ def train_auto_teacher(
                 "n_train": int(len(train_idx)),
                 "n_scored": int(len(held)),
                 "epochs": epochs,
+                "augment": uses_augmentation(cfg.augment, len(train_idx)),
                 "train_loss": [round(v, 4) for v in losses],
                 "heldout_agreement_with_given": float((p[held].argmax(1) == y[held]).mean()),
                 "train_agreement_with_given": float((p[train_idx].argmax(1) == y[train_idx]).mean()),
@@ -267,7 +296,7 @@ def _feat_and_prob(model, x):
     import torch.nn.functional as F
 
     f = model.features(x)
-    return F.normalize(f, dim=1), F.softmax(model.fc(f), dim=1)
+    return F.normalize(f.float(), dim=1), F.softmax(model.fc(f).float(), dim=1)
 
 
 def _l2n(x: np.ndarray) -> np.ndarray:
@@ -401,13 +430,17 @@ def frozen_teacher(
         mean, std = list(tf.mean), list(tf.std)
     if mean is None:
         mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+    from .device import resolve_precision
+
+    precision = resolve_precision(device, cfg.precision)
     model = model.to(device).eval()
     rgb = images if images.shape[3] == 3 else _GrayAsRGB(images)
     batches = Batches(rgb, device, size=size, mean=mean, std=std)
     with progress.task("embed (frozen teacher)", total=len(y)) as task:
-        outs = _infer(lambda x: model(x).float().flatten(1), batches, np.arange(len(y)), cfg.batch_size, task)
+        outs = _infer(lambda x: model(x).float().flatten(1), batches, np.arange(len(y)), cfg.batch_size, task, precision)
     feats = torch.cat(outs).cpu().numpy()
     probs, stats = crossfit_linear_head(feats, y, num_classes, cfg.folds, seed, device)
+    stats["precision"] = precision
     return TeacherOutput(probs, _l2n(feats).astype(np.float32), stats)
 
 

@@ -87,3 +87,26 @@ def test_shuffled_labels_score_far_lower(synthetic, tmp_path):
     assert r.exit_code == 0, stderr_of(r)
     flags = pq.read_table(out / "scan.parquet").column("is_issue").to_numpy(zero_copy_only=False)
     assert precision_recall_f1(flags, flip)["f1"] < 0.5
+
+
+def test_rescan_removes_outputs_of_the_earlier_run(synthetic, tmp_path):
+    """A new scan into the same folder leaves no file that describes the earlier run."""
+    d, csv, *_ = synthetic
+    out = tmp_path / "out"
+    r = run_cli(["scan", "--labels", csv, "--pred-probs", d / "probs.npy", "--embeddings", d / "emb.npy", "--out", out])
+    assert r.exit_code == 0, stderr_of(r)
+    assert run_cli(["refine", out]).exit_code == 0
+    assert (out / "refined.parquet").is_file() and (out / "labels.refined.csv").is_file()
+    (out / "checkpoints").mkdir()
+    (out / "checkpoints" / "student-last.pt").write_bytes(b"old")
+    (out / "notes.txt").write_text("the user's own file")
+    r = run_cli(["scan", "--labels", csv, "--pred-probs", d / "probs.npy", "--out", out])
+    assert r.exit_code == 0, stderr_of(r)
+    for stale in ("refined.parquet", "labels.refined.csv", "checkpoints"):
+        assert not (out / stale).exists(), stale
+    assert np.load(out / "embeddings.npy").shape == (N, C)  # rewritten by the new run, not removed
+    assert (out / "notes.txt").read_text() == "the user's own file"
+    # a failing scan into the folder changes nothing
+    before = sorted(p.name for p in out.iterdir())
+    r = run_cli(["scan", "--labels", csv, "--pred-probs", tmp_path / "missing.npy", "--out", out])
+    assert r.exit_code == 2 and sorted(p.name for p in out.iterdir()) == before

@@ -155,7 +155,7 @@ def test_bench_beats_label_agnostic_baseline(tmp_path):
     idx = np.sort(np.random.default_rng(0).permutation(len(d.target))[:400])
     images = (d.images[idx] / 16 * 255).round().astype(np.uint8)
     y = d.target[idx].astype(np.int64)
-    cfg = ScanConfig(seed=0, teacher=TeacherConfig(epochs=10, width=8))
+    cfg = ScanConfig(seed=0, teacher=TeacherConfig(epochs=20, width=8))
     row = bench_images(images, y, [str(k) for k in range(10)], "symmetric", 0.3, tmp_path, cfg, compare=True)
     truth_rate = row["actual_noise_rate"]
     rng = np.random.default_rng(1)

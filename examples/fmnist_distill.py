@@ -55,6 +55,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--student", default="resnet18")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json-out", type=Path, default=None, help="also write the result here")
     args = ap.parse_args()
     run = args.work / "run"
     if not (run / "scan.parquet").is_file():
@@ -131,7 +132,13 @@ def main() -> None:
                     "baseline_noisy": baselines["noisy"]["seconds"], "baseline_true": baselines["true"]["seconds"]},
         "distill_command": " ".join(cmd),
     }
-    print(json.dumps(result, indent=2))
+    result["seconds"]["whole_run"] = round(time.perf_counter() - t0, 1)
+    text = json.dumps(result, indent=2)
+    if args.json_out is not None:
+        from labelfix.outputs import atomic_write_bytes
+
+        atomic_write_bytes(args.json_out, (text + "\n").encode())
+    print(text)
 
 
 if __name__ == "__main__":

@@ -59,7 +59,7 @@ class TeacherConfig:
         if self.loss not in ("gce", "ce"):
             raise InputError(f"--teacher-loss must be gce or ce (got {self.loss!r})")
         if not 0.0 < self.gce_q <= 1.0:
-            raise InputError(f"--gce-q must be in (0, 1] (got {self.gce_q})")
+            raise InputError(f"gce_q must be in (0, 1] (got {self.gce_q})")
         if self.augment not in ("auto", "on", "off"):
             raise InputError(f"--augment must be auto, on or off (got {self.augment!r})")
         if self.width < 1:

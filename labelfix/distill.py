@@ -136,7 +136,7 @@ def train_classifier(
     bs = effective_batch_size(cfg.batch_size, n)
     steps = max(1, n // bs)
     total = steps * cfg.epochs
-    key = hashlib.sha256(json.dumps([asdict(cfg), int(n), description], sort_keys=True).encode()).hexdigest()[:16]
+    key = hashlib.sha256(json.dumps([asdict(cfg), int(n), description, dev, precision], sort_keys=True).encode()).hexdigest()[:16]
     start, logs = 0, []
     if checkpoint is not None and checkpoint.is_file():
         state = torch.load(checkpoint, map_location=dev, weights_only=True)
@@ -372,7 +372,7 @@ def predict(
     import tempfile
 
     from .data import IMAGE_EXTENSIONS, decode_images, read_labels_csv, resolve_paths
-    from .device import resolve_device
+    from .device import resolve_device, resolve_precision
 
     progress = progress or NullProgress()
     device = resolve_device(device)
@@ -398,7 +398,11 @@ def predict(
         if images.shape[3] != meta["channels"] and meta["channels"] == 1:
             images = np.asarray(images).mean(axis=3, keepdims=True).astype(np.uint8)
         batches = student_batches(images, meta["input_size"], device, meta["mean"], meta["std"])
-        probs, _ = infer(model, batches, np.arange(len(files)), progress=progress, precision=meta.get("precision", "fp32"))
+        # The precision the student was trained and evaluated with, where this device runs it natively.
+        precision = meta.get("precision", "fp32")
+        if precision == "bf16" and resolve_precision(device, "auto") != "bf16":
+            precision = "fp32"
+        probs, _ = infer(model, batches, np.arange(len(files)), progress=progress, precision=precision)
         del images
     pred = probs.argmax(1)
     out_dir.mkdir(parents=True, exist_ok=True)

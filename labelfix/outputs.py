@@ -121,14 +121,17 @@ def list_column(df, name: str) -> np.ndarray:
 
 
 @contextmanager
-def staged_run(out: Path, stale: tuple[str, ...] = ()) -> Iterator[Path]:
+def staged_run(out: Path, stale: tuple[str, ...] = (), protect: tuple[Path, ...] = ()) -> Iterator[Path]:
     """Yield a staging folder inside `out`; on success move its files into `out`, on failure
     remove it (and `out` itself if this call created it), so bad input leaves nothing behind.
 
-    `stale`: names (files or folders) in `out` from an earlier run that the new outputs make
-    wrong; removed on success only, unless the new run wrote them itself."""
+    `stale`: relative paths of files an earlier run wrote into `out` that the new outputs make
+    wrong. Removed on success only, only when `out` already held a labelfix run (its
+    summary.json names a labelfix version), never when the new run wrote the name itself or when
+    it is one of the `protect` paths (this run's inputs); folders left empty go too."""
     out = Path(out)
     created = not out.exists()
+    was_run = _is_labelfix_run(out)
     out.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(dir=out, prefix=".staging-"))
     try:
@@ -138,18 +141,29 @@ def staged_run(out: Path, stale: tuple[str, ...] = ()) -> Iterator[Path]:
         if created and out.exists() and not any(out.iterdir()):
             out.rmdir()
         raise
-    written = {p.relative_to(stage).parts[0] for p in stage.rglob("*") if p.is_file()}
+    written = {p.relative_to(stage).as_posix() for p in stage.rglob("*") if p.is_file()}
     for src in sorted(stage.rglob("*")):
         if src.is_file():
             dst = out / src.relative_to(stage)
             dst.parent.mkdir(parents=True, exist_ok=True)
             os.replace(src, dst)
     shutil.rmtree(stage, ignore_errors=True)
+    if not was_run:
+        return
+    keep = {Path(p).resolve() for p in protect if p is not None}
     for name in stale:
         target = out / name
-        if name in written or not (target.exists() or target.is_symlink()):
+        if name in written or not target.is_file() or target.resolve() in keep:
             continue
-        if target.is_dir() and not target.is_symlink():
-            shutil.rmtree(target, ignore_errors=True)
-        else:
-            target.unlink(missing_ok=True)
+        target.unlink(missing_ok=True)
+        parent = target.parent
+        while parent != out and parent.is_dir() and not any(parent.iterdir()):
+            parent.rmdir()
+            parent = parent.parent
+
+
+def _is_labelfix_run(out: Path) -> bool:
+    try:
+        return "labelfix_version" in json.loads((out / "summary.json").read_text())
+    except (OSError, ValueError, TypeError):
+        return False

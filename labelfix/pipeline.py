@@ -41,7 +41,7 @@ DOWNSTREAM = (
     "student.pt",
     "student.json",
     "distill.json",
-    "checkpoints",
+    "checkpoints/student-last.pt",
 )
 
 
@@ -109,7 +109,7 @@ def scan(inputs: ScanInputs, cfg: ScanConfig, out: Path, progress: Progress | No
     Writes `scan.parquet`, `summary.json`, the graph and the embedding cache into `out`,
     all or nothing.
     """
-    from .device import resolve_device, seed_everything
+    from .device import resolve_device, resolve_precision, seed_everything
     from .graph import build_knn
     from .partition import clean_probability, prototypes
     from .propagation import normalized_adjacency, propagated_labels
@@ -141,7 +141,8 @@ def scan(inputs: ScanInputs, cfg: ScanConfig, out: Path, progress: Progress | No
     csv_name = str(inputs.labels_csv or inputs.images_dir)
     teacher_stats: dict = {}
     image_info = None
-    with staged_run(out, stale=DOWNSTREAM) as stage:
+    inputs_used = (inputs.labels_csv, inputs.pred_probs, inputs.embeddings)
+    with staged_run(out, stale=DOWNSTREAM, protect=inputs_used) as stage:
         if inputs.pred_probs is not None:
             with timer("read inputs"):
                 probs = check_pred_probs(load_npy(inputs.pred_probs, "--pred-probs", labels.n, c), inputs.pred_probs)
@@ -175,6 +176,9 @@ def scan(inputs: ScanInputs, cfg: ScanConfig, out: Path, progress: Progress | No
                     "y": hashlib.sha256(y.tobytes()).hexdigest(),
                     "teacher": cfg.teacher.__dict__,
                     "seed": cfg.seed,
+                    # outputs differ by device and precision: a folder moved to another host recomputes
+                    "device": device,
+                    "precision": resolve_precision(device, cfg.teacher.precision),
                 }
             )[:20]
             cache_dir = out / "cache" / f"teacher-{key}"

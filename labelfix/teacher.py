@@ -213,7 +213,7 @@ def _train_fold(model, batches: Batches, train_idx, y, num_classes, cfg: Teacher
             loss.backward()
             opt.step()
             sched.step()
-            total += float(ce.detach()) * len(local)
+            total += float(loss.detach()) * len(local)
             count += len(local)
             progress_task.advance(len(local))
         losses.append(total / max(count, 1))
@@ -293,10 +293,15 @@ def train_auto_teacher(
 
 
 def _feat_and_prob(model, x):
+    """Normalised features and probabilities; the head always runs in float32, so bf16 features
+    do not round the probabilities that rank the samples."""
+    import torch
     import torch.nn.functional as F
 
-    f = model.features(x)
-    return F.normalize(f.float(), dim=1), F.softmax(model.fc(f).float(), dim=1)
+    f = model.features(x).float()
+    with torch.autocast(device_type=f.device.type, enabled=False):
+        logits = model.fc(f)
+    return F.normalize(f, dim=1), F.softmax(logits, dim=1)
 
 
 def _l2n(x: np.ndarray) -> np.ndarray:
@@ -432,7 +437,8 @@ def frozen_teacher(
         mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
     from .device import resolve_precision
 
-    precision = resolve_precision(device, cfg.precision)
+    # auto stays float32 for frozen teachers on CPU: bf16 was measured for the auto teacher only.
+    precision = "fp32" if cfg.precision == "auto" and device == "cpu" else resolve_precision(device, cfg.precision)
     model = model.to(device).eval()
     rgb = images if images.shape[3] == 3 else _GrayAsRGB(images)
     batches = Batches(rgb, device, size=size, mean=mean, std=std)

@@ -203,3 +203,29 @@ def test_staged_run_moves_files_on_success(tmp_path):
         (stage / "sub" / "b.txt").write_text("b")
     assert (out / "a.txt").read_text() == "a" and (out / "sub" / "b.txt").read_text() == "b"
     assert sorted(p.name for p in out.iterdir()) == ["a.txt", "sub"]
+
+
+def test_staged_run_removes_stale_outputs_only_of_a_labelfix_run(tmp_path):
+    import json
+
+    from labelfix.outputs import staged_run
+
+    stale = ("embeddings.npy", "refined.parquet", "checkpoints/student-last.pt")
+    # a user's folder that is not a labelfix run: nothing of theirs is touched
+    user = tmp_path / "project"
+    (user / "checkpoints").mkdir(parents=True)
+    (user / "checkpoints" / "student-last.pt").write_bytes(b"mine")
+    (user / "embeddings.npy").write_bytes(b"mine")
+    with staged_run(user, stale=stale) as stage:
+        (stage / "summary.json").write_text(json.dumps({"labelfix_version": "0"}))
+    assert (user / "embeddings.npy").read_bytes() == b"mine" and (user / "checkpoints" / "student-last.pt").is_file()
+    # now it is a run: stale outputs go, protected inputs and rewritten names stay
+    (user / "refined.parquet").write_bytes(b"old")
+    with staged_run(user, stale=stale, protect=(user / "embeddings.npy",)) as stage:
+        (stage / "summary.json").write_text(json.dumps({"labelfix_version": "0"}))
+    assert not (user / "refined.parquet").exists()
+    assert not (user / "checkpoints").exists()  # emptied folder removed
+    assert (user / "embeddings.npy").read_bytes() == b"mine"
+    with staged_run(user, stale=stale) as stage:
+        (stage / "embeddings.npy").write_bytes(b"new")
+    assert (user / "embeddings.npy").read_bytes() == b"new"

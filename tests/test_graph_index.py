@@ -1,0 +1,65 @@
+"""The approximate kNN paths (HNSW on CPU, IVF on GPU) against the exact flat index."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from labelfix.graph import build_knn, faiss_gpu_available
+
+
+def _clustered(n=3000, d=32, seed=0):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(20, d))
+    x = centres[rng.integers(0, 20, n)] + 0.5 * rng.normal(size=(n, d))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return x.astype(np.float32)
+
+
+def _recall(approx, exact) -> float:
+    hits = [len(set(a) & set(e)) for a, e in zip(approx.ids, exact.ids)]
+    return float(np.sum(hits)) / exact.ids.size
+
+
+def test_hnsw_path_matches_exact_search():
+    x = _clustered()
+    exact = build_knn(x, 10)
+    approx = build_knn(x, 10, exact_limit=1_000)  # force the large-N branch on CPU
+    assert exact.index_kind == "flat" and approx.index_kind == "hnsw32"
+    assert approx.ids.shape == exact.ids.shape == (len(x), 10)
+    assert not (approx.ids == np.arange(len(x))[:, None]).any()
+    assert _recall(approx, exact) > 0.95
+    # similarities are the true inner products of the returned pairs
+    got = np.einsum("nd,nkd->nk", x, x[approx.ids])
+    np.testing.assert_allclose(approx.sims, got, atol=1e-4)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not faiss_gpu_available(), reason="needs faiss-gpu and a CUDA device")
+def test_gpu_indexes_match_cpu():
+    x = _clustered(20_000, 64)
+    cpu = build_knn(x, 20, device="cpu")
+    gpu_flat = build_knn(x, 20, device="cuda")
+    assert gpu_flat.index_kind == "gpu-flat"
+    assert _recall(gpu_flat, cpu) > 0.99
+    gpu_ivf = build_knn(x, 20, device="cuda", exact_limit=10_000)
+    assert gpu_ivf.index_kind.startswith("gpu-ivf")
+    assert _recall(gpu_ivf, cpu) > 0.9
+
+
+@pytest.mark.gpu
+def test_auto_teacher_on_cuda(tmp_path):
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    from labelfix.config import TeacherConfig
+    from labelfix.teacher import train_auto_teacher
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 600)
+    images = (rng.random((600, 16, 16, 1)) * 60).astype(np.uint8)
+    images[np.arange(600), 4 * y + 2, 4 * y + 2, 0] = 255  # a class-dependent bright pixel
+    out = train_auto_teacher(images, y, 3, TeacherConfig(epochs=10, width=8), seed=0, device="cuda")
+    assert out.probs.shape == (600, 3) and out.embeddings.shape[0] == 600
+    np.testing.assert_allclose(out.probs.sum(1), 1.0, atol=1e-4)
+    assert (out.probs.argmax(1) == y).mean() > 0.8

@@ -51,8 +51,8 @@ def clean_probability(
 ) -> tuple[np.ndarray, dict]:
     """c_i = sqrt(w_loss * w_proto), each a per-class 2-GMM posterior of the low component.
 
-    Falls back to within-class rank at the estimated noise rate when a class is small or its
-    mixture degenerates. Returns (c (N,), per-class notes of which rule was used).
+    Falls back to within-class rank at the estimated noise rate when a class is small, its
+    mixture degenerates, or it marks under half the class's estimated noisy share. Returns (c (N,), per-class notes of which rule was used).
     """
     c = np.zeros(len(y), dtype=np.float64)
     dist = 1.0 - np.einsum("nd,nd->n", emb, protos[y])
@@ -71,6 +71,15 @@ def clean_probability(
             else:
                 used.append(f"{name}:gmm")
             ws.append(w)
-        c[idx] = np.sqrt(ws[0] * ws[1])
+        ck = np.sqrt(ws[0] * ws[1])
+        # A mixture that marks under half the noisy share the confident joint estimates has
+        # missed the noise (e.g. 40% of a class flipped in from one confusable class, which the
+        # teacher half-learns): the within-class loss rank at the estimated rate takes over.
+        # Measured: Fashion-MNIST asymmetric 40% flag F1 0.65 -> 0.77, other rows unchanged.
+        # Below 100 samples the per-class rate estimate is too noisy to overrule the mixture.
+        if len(idx) >= 100 and rates[k] > 0 and (ck < 0.5).mean() < 0.5 * rates[k]:
+            ck = np.minimum(ck, _rank_fallback(loss[idx], float(rates[k])))
+            used.append("rank-at-estimated-rate")
+        c[idx] = ck
         notes[int(k)] = used
     return c.astype(np.float32), notes

@@ -22,7 +22,9 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data"
+# The shared benchmark data (never committed): ../shared/data beside the repository, or
+# $LABELFIX_DATA, or --data.
+SHARED = Path(os.environ.get("LABELFIX_DATA", ROOT.parent / "shared" / "data"))
 FASHION = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 # name: (noise kind, rate, flag F1 target, refined accuracy target); None = report only
 FMNIST_ROWS = {
@@ -172,13 +174,21 @@ def markdown(results: dict, command: str, total_s: float, repeats: int) -> str:
 
 
 def main() -> None:
+    global SHARED
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", default=",".join([*FMNIST_ROWS, *CIFAR_ROWS]))
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--work", type=Path, default=Path("/tmp/labelfix-bench"))
     ap.add_argument("--docs", type=Path, default=ROOT / "docs")
     ap.add_argument("--reuse", action="store_true", help="take rows whose bench.json already exists in --work")
+    ap.add_argument("--data", type=Path, default=SHARED, help="folder with fashion-mnist.npz and cifar10s-pred-probs/")
     args = ap.parse_args()
+    SHARED = args.data
+    needed = (["fashion-mnist.npz"] if any(n in FMNIST_ROWS for n in args.rows.split(",")) else []) + (
+        ["cifar10s-pred-probs"] if any(n in CIFAR_ROWS for n in args.rows.split(",")) else [])
+    missing = [n for n in needed if not (SHARED / n).exists()]
+    if missing:
+        sys.exit(f"{SHARED}: missing {', '.join(missing)} (pass --data DIR or set LABELFIX_DATA)")
     names = [n for n in args.rows.split(",") if n]
     unknown = [n for n in names if n not in FMNIST_ROWS and n not in CIFAR_ROWS]
     if unknown:

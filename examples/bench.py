@@ -184,15 +184,14 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=SHARED, help="folder with fashion-mnist.npz and cifar10s-pred-probs/")
     args = ap.parse_args()
     SHARED = args.data
-    needed = (["fashion-mnist.npz"] if any(n in FMNIST_ROWS for n in args.rows.split(",")) else []) + (
-        ["cifar10s-pred-probs"] if any(n in CIFAR_ROWS for n in args.rows.split(",")) else [])
-    missing = [n for n in needed if not (SHARED / n).exists()]
-    if missing:
-        sys.exit(f"{SHARED}: missing {', '.join(missing)} (pass --data DIR or set LABELFIX_DATA)")
     names = [n for n in args.rows.split(",") if n]
     unknown = [n for n in names if n not in FMNIST_ROWS and n not in CIFAR_ROWS]
     if unknown:
         sys.exit(f"unknown rows: {unknown}")
+    needed = {"fashion-mnist.npz" if n in FMNIST_ROWS else "cifar10s-pred-probs" for n in names}
+    missing = sorted(n for n in needed if not (SHARED / n).exists())
+    if missing:
+        sys.exit(f"{SHARED}: missing {', '.join(missing)} (pass --data DIR or set LABELFIX_DATA)")
     from labelfix.outputs import atomic_write_bytes, atomic_write_json
 
     command = "make bench" if len(names) == len(FMNIST_ROWS) + len(CIFAR_ROWS) else " ".join(["python", *sys.argv])

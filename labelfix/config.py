@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from .device import PRECISIONS
 from .errors import InputError
 
 
@@ -64,8 +65,8 @@ class TeacherConfig:
             raise InputError(f"--augment must be auto, on or off (got {self.augment!r})")
         if self.width < 1:
             raise InputError(f"--width must be >= 1 (got {self.width})")
-        if self.precision not in ("auto", "fp32", "bf16"):
-            raise InputError(f"--precision must be auto, fp32 or bf16 (got {self.precision!r})")
+        if self.precision not in PRECISIONS:
+            raise InputError(f"--precision must be one of {', '.join(PRECISIONS)} (got {self.precision!r})")
         if self.image_size < 0:
             raise InputError(f"--image-size must be >= 0 (got {self.image_size})")
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
+from .device import PRECISIONS
 from .errors import InputError, RunDirError
 from .outputs import atomic_save_npy, atomic_write_json, list_column, read_parquet, write_parquet
 from .progress import NullProgress, Progress
@@ -53,8 +54,8 @@ class DistillConfig:
             raise InputError(f"--lr must be > 0 (got {self.lr})")
         if not 0.0 <= self.kd_weight <= 1.0:
             raise InputError(f"--kd-weight must be in [0, 1] (got {self.kd_weight})")
-        if self.precision not in ("auto", "fp32", "bf16"):
-            raise InputError(f"--precision must be auto, fp32 or bf16 (got {self.precision!r})")
+        if self.precision not in PRECISIONS:
+            raise InputError(f"--precision must be one of {', '.join(PRECISIONS)} (got {self.precision!r})")
         if not 0.0 <= self.val_fraction < 0.5:
             raise InputError(f"--val-fraction must be in [0, 0.5) (got {self.val_fraction})")
 

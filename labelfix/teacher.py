@@ -196,14 +196,14 @@ def _train_fold(model, batches: Batches, train_idx, y, num_classes, cfg: Teacher
                 logits = model(x)
             logits = logits.float()
             yb = y_t[local]
-            ce = F.cross_entropy(logits, yb)
+            probs = F.softmax(logits, dim=1)
             if cfg.loss == "gce":
-                p_y = F.softmax(logits, dim=1).gather(1, yb[:, None]).squeeze(1).clamp_min(1e-6)
+                p_y = probs.gather(1, yb[:, None]).squeeze(1).clamp_min(1e-6)
                 loss = ((1.0 - p_y**cfg.gce_q) / cfg.gce_q).mean()
             else:
-                loss = ce
+                loss = F.cross_entropy(logits, yb)
             if cfg.elr_lambda > 0:
-                p = F.softmax(logits, dim=1).clamp(1e-4, 1 - 1e-4)
+                p = probs.clamp(1e-4, 1 - 1e-4)
                 lt = torch.from_numpy(local).to(batches.device)
                 with torch.no_grad():
                     targets[lt] = cfg.elr_beta * targets[lt] + (1 - cfg.elr_beta) * (p / p.sum(1, keepdim=True))

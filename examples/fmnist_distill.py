@@ -6,7 +6,7 @@ refine (teacher only), distill --student ARCH (which refines again with the stud
 predict on the test folder; and, in the same process with the same architecture, epochs and
 training loop, two baseline students trained on the noisy labels and on the true labels.
 
-    .venv/bin/python examples/fmnist_distill.py [--epochs 8] [--student resnet18]
+    .venv/bin/python examples/fmnist_distill.py [--epochs 8] [--student resnet18] [--augment shift|none]
 """
 
 from __future__ import annotations
@@ -55,6 +55,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--student", default="resnet18")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--augment", default="shift", help="distill --augment, used for all three students")
+    ap.add_argument("--curves", action="store_true", help="also log the baselines' test accuracy after every epoch")
     ap.add_argument("--json-out", type=Path, default=None, help="also write the result here")
     args = ap.parse_args()
     run = args.work / "run"
@@ -83,7 +85,8 @@ def main() -> None:
     subprocess.run([exe, "refine", str(run), "--json"], check=True, capture_output=True)
     before = refined_accuracy(run, truth)
     t1 = time.perf_counter()
-    cmd = [exe, "distill", str(run), "--student", args.student, "--epochs", str(args.epochs), "--seed", str(args.seed), "--json"]
+    cmd = [exe, "distill", str(run), "--student", args.student, "--epochs", str(args.epochs), "--seed", str(args.seed),
+           "--augment", args.augment, "--json"]
     subprocess.run(cmd, check=True, capture_output=True)
     distill_s = time.perf_counter() - t1
     after = refined_accuracy(run, truth)
@@ -104,7 +107,7 @@ def main() -> None:
         test_arr = decode_images([test_dir / "images" / n for n in names], Path(tmp) / "t.u8", images.shape[1]).open()
         test_y = np.array([index[c] for c in test_true])
         baselines = {}
-        cfg = DistillConfig(student=args.student, epochs=args.epochs, kd_weight=0.0, seed=args.seed)
+        cfg = DistillConfig(student=args.student, epochs=args.epochs, kd_weight=0.0, augment=args.augment, seed=args.seed)
         for label_name, labels in (("noisy", noisy), ("true", truth)):
             t = time.perf_counter()
             y = np.array([index[c] for c in labels])
@@ -113,21 +116,29 @@ def main() -> None:
             torch.manual_seed(args.seed)
             model, size, _ = build_student(args.student, len(class_names), images.shape[1])
             batches = student_batches(images, size, "cpu")
-            train_classifier(model, batches, np.arange(len(y)), np.eye(len(class_names), dtype=np.float32)[y],
-                             np.ones(len(y), np.float32), cfg, description=f"baseline-{label_name}")
             tb = student_batches(test_arr, size, "cpu", batches.mean.flatten().tolist(), batches.std.flatten().tolist())
-            probs, _ = infer(model, tb, np.arange(len(test_y)))
-            baselines[label_name] = {"test_accuracy": round(float((probs.argmax(1) == test_y).mean()), 4),
-                                     "seconds": round(time.perf_counter() - t, 1)}
+
+            def test_accuracy(epoch, m, tb=tb):
+                probs, _ = infer(m, tb, np.arange(len(test_y)))
+                return {"test_accuracy": round(float((probs.argmax(1) == test_y).mean()), 4)}
+
+            logs = train_classifier(model, batches, np.arange(len(y)), np.eye(len(class_names), dtype=np.float32)[y],
+                                    np.ones(len(y), np.float32), cfg, description=f"baseline-{label_name}",
+                                    on_epoch=test_accuracy if args.curves else None)
+            baselines[label_name] = {**test_accuracy(args.epochs, model), "seconds": round(time.perf_counter() - t, 1)}
+            if args.curves:
+                baselines[label_name]["test_accuracy_per_epoch"] = [e["test_accuracy"] for e in logs]
     result = {
         "data": "Fashion-MNIST, 20,000 train PNGs at 40% symmetric noise, 10,000 clean test PNGs",
         "student": args.student,
         "epochs": args.epochs,
+        "augment": args.augment,
         "refine_teacher_only": before,
         "refine_after_distill_mutual_round": after,
         "distill_heldout_accuracy_vs_refined": distill_report["heldout_accuracy_vs_refined"],
         "test_accuracy": {"cleaned (labelfix distill)": cleaned_acc, "noisy labels": baselines["noisy"]["test_accuracy"],
                           "true labels": baselines["true"]["test_accuracy"]},
+        "baseline_curves": {k: v.get("test_accuracy_per_epoch") for k, v in baselines.items()} if args.curves else None,
         "seconds": {"refine": round(t1 - t0, 1), "distill": round(distill_s, 1),
                     "baseline_noisy": baselines["noisy"]["seconds"], "baseline_true": baselines["true"]["seconds"]},
         "distill_command": " ".join(cmd),

@@ -29,6 +29,7 @@ STUDENT_META = "student.json"
 DISTILL_FILE = "distill.json"
 CHECKPOINT = "checkpoints/student-last.pt"
 FIXED_SIZE = ("vit", "swin", "maxvit")
+AUGMENTS = ("shift", "none")
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,7 @@ class DistillConfig:
     kd_weight: float = 0.0
     kd_temperature: float = 4.0
     val_fraction: float = 0.1
+    augment: str = "shift"
     device: str = "auto"
     precision: str = "auto"
     seed: int = 0
@@ -56,8 +58,18 @@ class DistillConfig:
             raise InputError(f"--kd-weight must be in [0, 1] (got {self.kd_weight})")
         if self.precision not in PRECISIONS:
             raise InputError(f"--precision must be one of {', '.join(PRECISIONS)} (got {self.precision!r})")
+        if self.augment not in AUGMENTS:
+            raise InputError(f"--augment must be one of {', '.join(AUGMENTS)} (got {self.augment!r})")
         if not 0.0 <= self.val_fraction < 0.5:
             raise InputError(f"--val-fraction must be in [0, 0.5) (got {self.val_fraction})")
+        _check_arch(self.student)
+
+
+def _check_arch(arch: str) -> None:
+    import torchvision
+
+    if arch not in torchvision.models.list_models(module=torchvision.models):
+        raise InputError(f"--student {arch!r}: torchvision has no classification model of that name")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -69,8 +81,7 @@ def build_student(arch: str, num_classes: int, image_size: int):
     import torch.nn as nn
     import torchvision
 
-    if arch not in torchvision.models.list_models(module=torchvision.models):
-        raise InputError(f"--student {arch!r}: torchvision has no classification model of that name")
+    _check_arch(arch)
     model = torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
     input_size, stem = image_size, "original"
     if isinstance(getattr(model, "conv1", None), nn.Conv2d) and hasattr(model, "maxpool") and image_size <= 64:
@@ -118,9 +129,12 @@ def train_classifier(
     checkpoint: Path | None = None,
     progress: Progress | None = None,
     description: str = "student",
+    on_epoch=None,
 ) -> list[dict]:
     """Train `model` on soft `targets` (N, C) with per-sample `weights`; optional KD from
-    `teacher_probs`. Resumes from `checkpoint` when it holds a matching run. Returns per-epoch logs."""
+    `teacher_probs`. Resumes from `checkpoint` when it holds a matching run. `on_epoch(epoch,
+    model)` may return a dict that is merged into that epoch's log (the model is put back in
+    train mode afterwards). Returns per-epoch logs."""
     import torch
     import torch.nn.functional as F
 
@@ -151,7 +165,7 @@ def train_classifier(
     tp = None
     if teacher_probs is not None and cfg.kd_weight > 0:
         tp = torch.from_numpy(np.ascontiguousarray(teacher_probs, dtype=np.float32)).to(dev)
-    pad = max(1, batches.images.shape[1] // 8)
+    pad = max(1, batches.images.shape[1] // 8) if cfg.augment == "shift" else 0
     T = cfg.kd_temperature
     with progress.task(description, total=(cfg.epochs - start) * steps * bs) as task:
         for epoch in range(start, cfg.epochs):
@@ -184,6 +198,9 @@ def train_classifier(
                 tot_w += float(w.sum())
                 task.advance(len(b))
             logs.append({"epoch": epoch + 1, "loss": round(tot_loss / max(tot_w, 1e-8), 4), "seconds": round(time.perf_counter() - t0, 1)})
+            if on_epoch is not None:
+                logs[-1].update(on_epoch(epoch + 1, model) or {})
+                model.train()
             if checkpoint is not None:
                 checkpoint.parent.mkdir(parents=True, exist_ok=True)
                 tmp = checkpoint.with_suffix(".tmp")

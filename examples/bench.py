@@ -83,7 +83,6 @@ def run_matrix(names: list[str], repeats: int, work: Path, reuse: bool = False, 
     results = {}
     images = labels = None
     for name in names:
-        t = time.perf_counter()
         reps = []
         for r in range(repeats):
             done = work / f"{name}-r{r}" / "bench.json"
@@ -103,7 +102,8 @@ def run_matrix(names: list[str], repeats: int, work: Path, reuse: bool = False, 
                                        np.load(d / "true_labels.npy"), work / f"{name}-r{r}", cfg=ScanConfig(seed=r))
             reps.append(row)
         results[name] = median_row(reps)
-        results[name]["row_seconds"] = round(time.perf_counter() - t, 1)
+        # from the stages, so that a row taken with --reuse keeps its measured time
+        results[name]["row_seconds"] = round(row_seconds(results[name]), 1)
         print(f"{name}: labelfix F1 {results[name]['labelfix flags']['f1']:.4f}, best cleanlab "
               f"{results[name].get('best_cleanlab_f1', float('nan')):.4f}, refined acc {results[name]['refined_accuracy']:.4f}, "
               f"{results[name]['row_seconds']:.0f}s", flush=True)

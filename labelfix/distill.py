@@ -151,7 +151,12 @@ def train_classifier(
     bs = effective_batch_size(cfg.batch_size, n)
     steps = max(1, n // bs)
     total = steps * cfg.epochs
-    key = hashlib.sha256(json.dumps([asdict(cfg), int(n), description, dev, precision], sort_keys=True).encode()).hexdigest()[:16]
+    # the key covers what is trained on, so a checkpoint left by a run on other labels (distill
+    # again after the mutual round, with the same row count) is never resumed
+    h = hashlib.sha256(json.dumps([asdict(cfg), int(n), description, dev, precision], sort_keys=True).encode())
+    for arr in (train_idx, targets, weights):
+        h.update(np.ascontiguousarray(arr).tobytes())
+    key = h.hexdigest()[:16]
     start, logs = 0, []
     if checkpoint is not None and checkpoint.is_file():
         state = torch.load(checkpoint, map_location=dev, weights_only=True)

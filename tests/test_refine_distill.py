@@ -206,3 +206,28 @@ def test_train_classifier_on_epoch_and_no_augmentation():
     seen.clear()
     _, c = run("shift", 1)
     assert set(seen) == {1} and not all(torch.equal(p, q) for p, q in zip(a, c))
+
+
+def test_checkpoint_is_not_resumed_for_other_labels(tmp_path):
+    """A finished checkpoint resumes (nothing left to train) only for the same labels; a run on
+    other labels with the same row count (distill again after the mutual round) trains afresh."""
+    import torch
+
+    from labelfix.distill import build_student, student_batches, train_classifier
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, (48, 8, 8, 1), dtype=np.uint8)
+    cfg = DistillConfig(epochs=1, batch_size=16, augment="none", seed=0, precision="fp32")
+    ck = tmp_path / "ck.pt"
+
+    def run(labels):
+        torch.manual_seed(0)
+        model, size, _ = build_student("resnet18", 4, 8)
+        y = np.eye(4, dtype=np.float32)[labels]
+        return train_classifier(model, student_batches(images, size, "cpu"), np.arange(48), y, np.ones(48, np.float32), cfg, checkpoint=ck)
+
+    a = rng.integers(0, 4, 48)
+    first = run(a)
+    assert run(a) == first  # resumed from the finished checkpoint: the same log, no training
+    other = run((a + 1) % 4)
+    assert other[0]["loss"] != first[0]["loss"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from .device import PRECISIONS
+from .device import check_precision
 from .errors import InputError
 
 
@@ -65,8 +65,7 @@ class TeacherConfig:
             raise InputError(f"--augment must be auto, on or off (got {self.augment!r})")
         if self.width < 1:
             raise InputError(f"--width must be >= 1 (got {self.width})")
-        if self.precision not in PRECISIONS:
-            raise InputError(f"--precision must be one of {', '.join(PRECISIONS)} (got {self.precision!r})")
+        check_precision(self.precision)
         if self.image_size < 0:
             raise InputError(f"--image-size must be >= 0 (got {self.image_size})")
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .device import PRECISIONS
+from .device import check_precision
 from .errors import InputError, RunDirError
 from .outputs import atomic_save_npy, atomic_write_json, list_column, read_parquet, write_parquet
 from .progress import NullProgress, Progress
@@ -56,8 +56,7 @@ class DistillConfig:
             raise InputError(f"--lr must be > 0 (got {self.lr})")
         if not 0.0 <= self.kd_weight <= 1.0:
             raise InputError(f"--kd-weight must be in [0, 1] (got {self.kd_weight})")
-        if self.precision not in PRECISIONS:
-            raise InputError(f"--precision must be one of {', '.join(PRECISIONS)} (got {self.precision!r})")
+        check_precision(self.precision)
         if self.augment not in AUGMENTS:
             raise InputError(f"--augment must be one of {', '.join(AUGMENTS)} (got {self.augment!r})")
         if not 0.0 <= self.val_fraction < 0.5:

@@ -170,42 +170,38 @@ def test_bench_beats_label_agnostic_baseline(tmp_path):
     assert (tmp_path / "bench.json").is_file()
 
 
-def test_train_classifier_on_epoch_and_no_augmentation():
-    """--augment none feeds the images unchanged (two runs with different seeds see the same
-    inputs, so with the same init and order they end identical); on_epoch logs merge in."""
+def test_train_classifier_on_epoch_and_no_augmentation(monkeypatch):
+    """--augment none feeds the images unchanged (two runs whose shifts would differ end
+    identical); on_epoch logs merge in."""
     import torch
 
+    import labelfix.teacher as teacher
     from labelfix.distill import build_student, student_batches, train_classifier
 
     rng = np.random.default_rng(0)
     images = rng.integers(0, 255, (64, 8, 8, 1), dtype=np.uint8)
     y = np.eye(4, dtype=np.float32)[rng.integers(0, 4, 64)]
-    seen = []
+    shift, pads = teacher._random_shift, []
 
-    def run(augment, seed):
+    def run(augment, shift_seed):
+        # record the pad train_classifier asks for; the shift itself draws from `shift_seed`
+        monkeypatch.setattr(teacher, "_random_shift",
+                            lambda x, gen, pad: pads.append(pad) or shift(x, torch.Generator().manual_seed(shift_seed), pad))
         torch.manual_seed(0)
         model, size, _ = build_student("resnet18", 4, 8)
         cfg = DistillConfig(epochs=2, batch_size=16, augment=augment, seed=0, precision="fp32")
-        batches = student_batches(images, size, "cpu")
-        import labelfix.teacher as teacher
-
-        orig = teacher._random_shift
-        try:  # count calls that actually change the batch
-            teacher._random_shift = lambda x, gen, pad: (seen.append(pad), orig(x, torch.Generator().manual_seed(seed), pad))[1]
-            logs = train_classifier(model, batches, np.arange(64), y, np.ones(64, np.float32), cfg,
-                                    on_epoch=lambda e, m: {"e": e})
-        finally:
-            teacher._random_shift = orig
+        logs = train_classifier(model, student_batches(images, size, "cpu"), np.arange(64), y, np.ones(64, np.float32), cfg,
+                                on_epoch=lambda e, m: {"e": e})
         return logs, [p.detach().clone() for p in model.parameters()]
 
     logs, a = run("none", 1)
     assert [(log["epoch"], log["e"]) for log in logs] == [(1, 1), (2, 2)]
     _, b = run("none", 2)
     assert all(torch.equal(p, q) for p, q in zip(a, b))
-    assert set(seen) == {0}
-    seen.clear()
+    assert set(pads) == {0}
+    pads.clear()
     _, c = run("shift", 1)
-    assert set(seen) == {1} and not all(torch.equal(p, q) for p, q in zip(a, c))
+    assert set(pads) == {1} and not all(torch.equal(p, q) for p, q in zip(a, c))
 
 
 def test_checkpoint_is_not_resumed_for_other_labels(tmp_path):

@@ -6,7 +6,7 @@ refine (teacher only), distill --student ARCH (which refines again with the stud
 predict on the test folder; and, in the same process with the same architecture, epochs and
 training loop, two baseline students trained on the noisy labels and on the true labels.
 
-    .venv/bin/python examples/fmnist_distill.py [--epochs 8] [--student resnet18] [--augment shift|none]
+    .venv/bin/python examples/fmnist_distill.py [--epochs 8] [--student resnet18] [--augment on|off]
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--student", default="resnet18")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--augment", default="shift", help="distill --augment, used for all three students")
+    ap.add_argument("--augment", default="on", choices=["on", "off"], help="distill --augment, used for all three students")
     ap.add_argument("--distill-rounds", type=int, default=1,
                     help="run labelfix distill this many times (each trains on the previous mutual round's labels)")
     ap.add_argument("--curves", action="store_true", help="also log the baselines' test accuracy after every epoch")

@@ -175,7 +175,7 @@ def distill(
     batch_size: Annotated[int, typer.Option(help="Batch size.")] = 128,
     lr: Annotated[float, typer.Option(help="Peak learning rate (SGD, cosine schedule).")] = 0.05,
     kd_weight: Annotated[float, typer.Option(help="Weight of distillation from the teacher (0..1); raise it for a strong, e.g. pretrained, teacher.")] = 0.0,
-    augment: Annotated[str, typer.Option(help="shift (random shifts of up to 1/8 of the image) | none.")] = "shift",
+    augment: Annotated[str, typer.Option(help="Random-shift augmentation (shifts of up to 1/8 of the image): on | off.")] = "on",
     device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
     precision: Annotated[str, typer.Option(help="auto | fp32 | bf16 (auto: bfloat16 where the hardware runs it natively).")] = "auto",
     seed: Annotated[int, typer.Option(help="Seed for every random choice.")] = 0,

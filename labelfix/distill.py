@@ -29,7 +29,7 @@ STUDENT_META = "student.json"
 DISTILL_FILE = "distill.json"
 CHECKPOINT = "checkpoints/student-last.pt"
 FIXED_SIZE = ("vit", "swin", "maxvit")
-AUGMENTS = ("shift", "none")
+AUGMENTS = ("on", "off")
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ class DistillConfig:
     kd_weight: float = 0.0
     kd_temperature: float = 4.0
     val_fraction: float = 0.1
-    augment: str = "shift"
+    augment: str = "on"
     device: str = "auto"
     precision: str = "auto"
     seed: int = 0
@@ -169,7 +169,7 @@ def train_classifier(
     tp = None
     if teacher_probs is not None and cfg.kd_weight > 0:
         tp = torch.from_numpy(np.ascontiguousarray(teacher_probs, dtype=np.float32)).to(dev)
-    pad = max(1, batches.images.shape[1] // 8) if cfg.augment == "shift" else 0
+    pad = max(1, batches.images.shape[1] // 8) if cfg.augment == "on" else 0
     T = cfg.kd_temperature
     with progress.task(description, total=(cfg.epochs - start) * steps * bs) as task:
         for epoch in range(start, cfg.epochs):

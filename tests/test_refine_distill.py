@@ -171,7 +171,7 @@ def test_bench_beats_label_agnostic_baseline(tmp_path):
 
 
 def test_train_classifier_on_epoch_and_no_augmentation(monkeypatch):
-    """--augment none feeds the images unchanged (two runs whose shifts would differ end
+    """--augment off feeds the images unchanged (two runs whose shifts would differ end
     identical); on_epoch logs merge in."""
     import torch
 
@@ -194,13 +194,13 @@ def test_train_classifier_on_epoch_and_no_augmentation(monkeypatch):
                                 on_epoch=lambda e, m: {"e": e})
         return logs, [p.detach().clone() for p in model.parameters()]
 
-    logs, a = run("none", 1)
+    logs, a = run("off", 1)
     assert [(log["epoch"], log["e"]) for log in logs] == [(1, 1), (2, 2)]
-    _, b = run("none", 2)
+    _, b = run("off", 2)
     assert all(torch.equal(p, q) for p, q in zip(a, b))
     assert set(pads) == {0}
     pads.clear()
-    _, c = run("shift", 1)
+    _, c = run("on", 1)
     assert set(pads) == {1} and not all(torch.equal(p, q) for p, q in zip(a, c))
 
 
@@ -213,7 +213,7 @@ def test_checkpoint_is_not_resumed_for_other_labels(tmp_path):
 
     rng = np.random.default_rng(0)
     images = rng.integers(0, 255, (48, 8, 8, 1), dtype=np.uint8)
-    cfg = DistillConfig(epochs=1, batch_size=16, augment="none", seed=0, precision="fp32")
+    cfg = DistillConfig(epochs=1, batch_size=16, augment="off", seed=0, precision="fp32")
     ck = tmp_path / "ck.pt"
 
     def run(labels):

@@ -57,7 +57,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--augment", default="on", choices=["on", "off"], help="distill --augment, used for all three students")
     ap.add_argument("--distill-rounds", type=int, default=1,
-                    help="run labelfix distill this many times (each trains on the previous mutual round's labels)")
+                    help="distill --rounds: students trained in turn, each on the previous mutual round's labels")
     ap.add_argument("--curves", action="store_true", help="also log the baselines' test accuracy after every epoch")
     ap.add_argument("--json-out", type=Path, default=None, help="also write the result here")
     args = ap.parse_args()
@@ -88,9 +88,8 @@ def main() -> None:
     before = refined_accuracy(run, truth)
     t1 = time.perf_counter()
     cmd = [exe, "distill", str(run), "--student", args.student, "--epochs", str(args.epochs), "--seed", str(args.seed),
-           "--augment", args.augment, "--json"]
-    for _ in range(args.distill_rounds):
-        subprocess.run(cmd, check=True, capture_output=True)
+           "--augment", args.augment, "--rounds", str(args.distill_rounds), "--json"]
+    subprocess.run(cmd, check=True, capture_output=True)
     distill_s = time.perf_counter() - t1
     after = refined_accuracy(run, truth)
     distill_report = json.loads((run / "distill.json").read_text())

@@ -176,6 +176,7 @@ def distill(
     lr: Annotated[float, typer.Option(help="Peak learning rate (SGD, cosine schedule).")] = 0.05,
     kd_weight: Annotated[float, typer.Option(help="Weight of distillation from the teacher (0..1); raise it for a strong, e.g. pretrained, teacher.")] = 0.0,
     augment: Annotated[str, typer.Option(help="Random-shift augmentation (shifts of up to 1/8 of the image): on | off.")] = "on",
+    rounds: Annotated[int, typer.Option(help="Train a fresh student this many times, each on the labels the previous mutual round left.")] = 1,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
     precision: Annotated[str, typer.Option(help="auto | fp32 | bf16 (auto: bfloat16 where the hardware runs it natively).")] = "auto",
     seed: Annotated[int, typer.Option(help="Seed for every random choice.")] = 0,
@@ -187,7 +188,7 @@ def distill(
     from .render import render_distill
 
     try:
-        cfg = DistillConfig(student=student, epochs=epochs, batch_size=batch_size, lr=lr, kd_weight=kd_weight, augment=augment, device=device, precision=precision, seed=seed)
+        cfg = DistillConfig(student=student, epochs=epochs, batch_size=batch_size, lr=lr, kd_weight=kd_weight, augment=augment, rounds=rounds, device=device, precision=precision, seed=seed)
         report = run_distill(run_dir, cfg, RichProgress(not json_out))
     except LabelfixError as exc:
         _fail(exc)

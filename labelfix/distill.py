@@ -28,6 +28,8 @@ STUDENT_FILE = "student.pt"
 STUDENT_META = "student.json"
 DISTILL_FILE = "distill.json"
 CHECKPOINT = "checkpoints/student-last.pt"
+ROUNDS_STATE = "checkpoints/distill-rounds.json"
+ROUND_KEYS = ("train_rows", "excluded_review_rows", "heldout_accuracy_vs_refined", "train_seconds", "mutual_refine")
 FIXED_SIZE = ("vit", "swin", "maxvit")
 AUGMENTS = ("on", "off")
 
@@ -43,6 +45,7 @@ class DistillConfig:
     kd_temperature: float = 4.0
     val_fraction: float = 0.1
     augment: str = "on"
+    rounds: int = 1
     device: str = "auto"
     precision: str = "auto"
     seed: int = 0
@@ -50,6 +53,8 @@ class DistillConfig:
     def validate(self) -> None:
         if self.epochs < 1:
             raise InputError(f"--epochs must be >= 1 (got {self.epochs})")
+        if self.rounds < 1:
+            raise InputError(f"--rounds must be >= 1 (got {self.rounds})")
         if self.batch_size < 2:
             raise InputError(f"--batch-size must be >= 2 (got {self.batch_size})")
         if self.lr <= 0:
@@ -279,16 +284,59 @@ def open_run_images(run_dir: Path, summary: dict) -> np.ndarray:
 
 
 def distill(run_dir: Path, cfg: DistillConfig | None = None, progress: Progress | None = None, mutual_refine: bool = True) -> dict:
-    """Train the student, save it, and run the mutual refinement round. Returns distill.json's content."""
+    """Train the student, save it, and run the mutual refinement round; with cfg.rounds > 1, again
+    on the labels each mutual round leaves (a fresh student each round). Returns distill.json's
+    content: the last round's report, plus a per-round summary under "rounds".
+
+    An interrupted multi-round run resumes: the rounds already finished are recorded in
+    checkpoints/distill-rounds.json (removed when all are done), and the unfinished round resumes
+    from its per-epoch checkpoint."""
+    cfg = cfg or DistillConfig()
+    cfg.validate()
+    if cfg.rounds > 1 and not mutual_refine:
+        raise InputError("--rounds above 1 needs the mutual refinement round (each round trains on its labels)")
+    progress = progress or NullProgress()
+    run_dir = Path(run_dir)
+    state_path = run_dir / ROUNDS_STATE
+    key = hashlib.sha256(json.dumps(asdict(cfg), sort_keys=True).encode()).hexdigest()[:16]
+    done: list[dict] = []
+    if state_path.is_file():
+        try:
+            state = json.loads(state_path.read_text())
+        except (OSError, ValueError):
+            state = {}
+        # resume only the same command on the labels the last finished round left
+        if state.get("key") == key and state.get("refined_sha256") == _refined_sha(run_dir):
+            done = list(state.get("rounds", []))
+    report: dict = {}
+    for r in range(len(done) + 1, cfg.rounds + 1):
+        label = f"distill {cfg.student}" + (f" round {r}/{cfg.rounds}" if cfg.rounds > 1 else "")
+        report = _distill_round(run_dir, cfg, progress, mutual_refine, label)
+        done.append({"round": r, **{k: report.get(k) for k in ROUND_KEYS}})
+        if r < cfg.rounds:
+            state_path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(state_path, {"key": key, "refined_sha256": _refined_sha(run_dir), "rounds": done})
+    state_path.unlink(missing_ok=True)
+    report["rounds"] = done
+    atomic_write_json(run_dir / DISTILL_FILE, report)
+    return report
+
+
+def _refined_sha(run_dir: Path) -> str | None:
+    from .data import sha256_file
+    from .refine import REFINED_FILE
+
+    path = run_dir / REFINED_FILE
+    return sha256_file(path) if path.is_file() else None
+
+
+def _distill_round(run_dir: Path, cfg: DistillConfig, progress: Progress, mutual_refine: bool, label: str) -> dict:
+    """One round: a fresh student on the current refined labels, saved, then the mutual round."""
     import torch
 
     from .device import resolve_device, resolve_precision, seed_everything
     from .refine import REFINED_FILE, STUDENT_EMB, STUDENT_PROBS, RefineConfig, load_run, refine
 
-    cfg = cfg or DistillConfig()
-    cfg.validate()
-    progress = progress or NullProgress()
-    run_dir = Path(run_dir)
     summary, _, _, _, _ = load_run(run_dir)
     images = open_run_images(run_dir, summary)
     ref, _ = read_parquet(run_dir / REFINED_FILE) if (run_dir / REFINED_FILE).is_file() else (None, None)
@@ -310,7 +358,7 @@ def distill(run_dir: Path, cfg: DistillConfig | None = None, progress: Progress 
     model = model.to(device)
     batches = student_batches(images, input_size, device)
     logs = train_classifier(
-        model, batches, train_idx, soft, weight, cfg, teacher, run_dir / CHECKPOINT, progress, f"distill {cfg.student}"
+        model, batches, train_idx, soft, weight, cfg, teacher, run_dir / CHECKPOINT, progress, label
     )
     held_idx = np.flatnonzero(held)
     val_acc = None
@@ -354,7 +402,6 @@ def distill(run_dir: Path, cfg: DistillConfig | None = None, progress: Progress 
         prev = summary.get("refine", {}).get("config", {})
         keep = {k: v for k, v in prev.items() if k in RefineConfig.__dataclass_fields__}
         report["mutual_refine"] = refine(run_dir, RefineConfig(**keep), progress)["counts"]
-    atomic_write_json(run_dir / DISTILL_FILE, report)
     return report
 
 

@@ -91,10 +91,18 @@ def render_distill(report: dict, run_dir: Path, as_json: bool = False) -> None:
     acc = report["heldout_accuracy_vs_refined"]
     if acc is not None:
         con.print(f"held-out accuracy against refined labels: {acc:.2%} ({report['heldout_rows']} rows)")
+    for r in report.get("rounds", [])[:-1]:
+        c = r.get("mutual_refine") or {}
+        acc_r = r.get("heldout_accuracy_vs_refined")
+        con.print(
+            f"round {r['round']}: held-out accuracy {acc_r if acc_r is None else f'{acc_r:.2%}'}, "
+            f"then keep {c.get('keep')}, relabel {c.get('relabel')}, review {c.get('review')}"
+        )
     if "mutual_refine" in report:
         c = report["mutual_refine"]
         con.print(f"mutual refinement: keep {c['keep']}, relabel {c['relabel']}, review {c['review']}")
-    con.print(f"saved {Path(run_dir) / 'student.pt'} and student.json; {report['train_seconds']:.0f}s")
+    seconds = sum(r.get("train_seconds") or 0 for r in report.get("rounds", [])) or report["train_seconds"]
+    con.print(f"saved {Path(run_dir) / 'student.pt'} and student.json; {seconds:.0f}s")
 
 
 def render_predict(report: dict, as_json: bool = False) -> None:

@@ -227,3 +227,70 @@ def test_checkpoint_is_not_resumed_for_other_labels(tmp_path):
     assert run(a) == first  # resumed from the finished checkpoint: the same log, no training
     other = run((a + 1) % 4)
     assert other[0]["loss"] != first[0]["loss"]
+
+
+def test_distill_rounds_equal_repeated_runs_and_resume(digits_run, tmp_path, monkeypatch):
+    """--rounds 2 trains the same students as running distill twice, and an interrupted
+    multi-round run resumes after its last finished round instead of starting over."""
+    import shutil
+    from dataclasses import replace
+
+    import torch
+
+    import labelfix.distill as D
+
+    root, _, _ = digits_run
+    refine(root / "run")
+    runs = {}
+    for name in ("rounds", "twice", "resumed"):
+        runs[name] = tmp_path / name
+        shutil.copytree(root / "run", runs[name], ignore=shutil.ignore_patterns("checkpoints"))
+    cfg = DistillConfig(epochs=1, batch_size=32, seed=0, precision="fp32")
+
+    report = distill(runs["rounds"], replace(cfg, rounds=2))
+    assert [r["round"] for r in report["rounds"]] == [1, 2]
+    assert json.loads((runs["rounds"] / "distill.json").read_text())["rounds"] == report["rounds"]
+    assert not (runs["rounds"] / D.ROUNDS_STATE).exists()
+    distill(runs["twice"], cfg)
+    distill(runs["twice"], cfg)
+
+    def same(a, b):
+        wa, wb = (torch.load(r / "student.pt", weights_only=True) for r in (a, b))
+        assert all(torch.equal(wa[k], wb[k]) for k in wa)
+        sa, sb = (np.stack(pd.read_parquet(r / "refined.parquet")["soft_label"].to_numpy()) for r in (a, b))
+        np.testing.assert_array_equal(sa, sb)
+
+    same(runs["rounds"], runs["twice"])
+
+    first = runs["resumed"]
+    calls = []
+    real = D._distill_round
+
+    def interrupted(*args):
+        calls.append(args[-1])
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(D, "_distill_round", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        distill(first, replace(cfg, rounds=2))
+    state = json.loads((first / D.ROUNDS_STATE).read_text())
+    assert [r["round"] for r in state["rounds"]] == [1]
+    calls.clear()
+    monkeypatch.setattr(D, "_distill_round", lambda *a: calls.append(a[-1]) or real(*a))
+    resumed = distill(first, replace(cfg, rounds=2))
+    assert calls == ["distill resnet18 round 2/2"]
+    assert [r["round"] for r in resumed["rounds"]] == [1, 2] and not (first / D.ROUNDS_STATE).exists()
+    same(first, runs["rounds"])
+    # a recorded round is not resumed once the labels have moved on (here: round 2 changed them)
+    assert state["refined_sha256"] != D._refined_sha(first)
+    (first / D.ROUNDS_STATE).write_text(json.dumps(state))
+    calls.clear()
+    distill(first, replace(cfg, rounds=2))
+    assert len(calls) == 2
+
+
+def test_distill_rounds_flag(digits_run):
+    r = _cli(["distill", digits_run[0] / "run", "--rounds", "0"])
+    assert r.exit_code == 2 and "--rounds" in r.output and len(r.output.strip().splitlines()) == 1

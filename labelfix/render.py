@@ -88,9 +88,6 @@ def render_distill(report: dict, run_dir: Path, as_json: bool = False) -> None:
         f"student {cfg['student']}: {report['train_rows']} training rows, {report['excluded_review_rows']} review rows "
         f"left out, {len(report['epochs'])} epochs, final loss {last.get('loss', float('nan')):.4f}"
     )
-    acc = report["heldout_accuracy_vs_refined"]
-    if acc is not None:
-        con.print(f"held-out accuracy against refined labels: {acc:.2%} ({report['heldout_rows']} rows)")
     for r in report.get("rounds", [])[:-1]:
         c = r.get("mutual_refine") or {}
         acc_r = r.get("heldout_accuracy_vs_refined")
@@ -98,6 +95,9 @@ def render_distill(report: dict, run_dir: Path, as_json: bool = False) -> None:
             f"round {r['round']}: held-out accuracy {acc_r if acc_r is None else f'{acc_r:.2%}'}, "
             f"then keep {c.get('keep')}, relabel {c.get('relabel')}, review {c.get('review')}"
         )
+    acc = report["heldout_accuracy_vs_refined"]
+    if acc is not None:
+        con.print(f"held-out accuracy against refined labels: {acc:.2%} ({report['heldout_rows']} rows)")
     if "mutual_refine" in report:
         c = report["mutual_refine"]
         con.print(f"mutual refinement: keep {c['keep']}, relabel {c['relabel']}, review {c['review']}")

@@ -229,7 +229,7 @@ def test_checkpoint_is_not_resumed_for_other_labels(tmp_path):
     assert other[0]["loss"] != first[0]["loss"]
 
 
-def test_distill_rounds_equal_repeated_runs_and_resume(digits_run, tmp_path, monkeypatch):
+def test_distill_rounds_equal_repeated_runs_and_resume(digits_run, tmp_path, monkeypatch, capsys):
     """--rounds 2 trains the same students as running distill twice, and an interrupted
     multi-round run resumes after its last finished round instead of starting over."""
     import shutil
@@ -251,6 +251,11 @@ def test_distill_rounds_equal_repeated_runs_and_resume(digits_run, tmp_path, mon
     assert [r["round"] for r in report["rounds"]] == [1, 2]
     assert json.loads((runs["rounds"] / "distill.json").read_text())["rounds"] == report["rounds"]
     assert not (runs["rounds"] / D.ROUNDS_STATE).exists()
+    from labelfix.render import render_distill
+
+    render_distill(report, runs["rounds"])
+    out = capsys.readouterr()
+    assert "round 1: held-out accuracy" in out.out + out.err
     distill(runs["twice"], cfg)
     distill(runs["twice"], cfg)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -44,6 +45,11 @@ class LabelSet:
     @property
     def n(self) -> int:
         return len(self.y)
+
+
+def sha256_json(obj) -> str:
+    """sha256 of obj as sorted JSON (non-JSON values by str): a key for configs and inputs."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def sha256_file(path: Path) -> str:

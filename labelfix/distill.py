@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
+from .data import sha256_file, sha256_json
 from .device import check_precision
 from .errors import InputError, RunDirError
 from .outputs import atomic_save_npy, atomic_write_json, list_column, read_parquet, write_parquet
@@ -298,7 +299,7 @@ def distill(run_dir: Path, cfg: DistillConfig | None = None, progress: Progress 
     progress = progress or NullProgress()
     run_dir = Path(run_dir)
     state_path = run_dir / ROUNDS_STATE
-    key = hashlib.sha256(json.dumps(asdict(cfg), sort_keys=True).encode()).hexdigest()[:16]
+    key = sha256_json(asdict(cfg))[:16]
     done: list[dict] = []
     if state_path.is_file():
         try:
@@ -323,7 +324,6 @@ def distill(run_dir: Path, cfg: DistillConfig | None = None, progress: Progress 
 
 
 def _refined_sha(run_dir: Path) -> str | None:
-    from .data import sha256_file
     from .refine import REFINED_FILE
 
     path = run_dir / REFINED_FILE

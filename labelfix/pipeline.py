@@ -21,6 +21,7 @@ from .data import (
     read_labels_csv,
     resolve_paths,
     sha256_file,
+    sha256_json,
 )
 from .errors import InputError
 from .outputs import atomic_save_npy, atomic_write_json, staged_run, write_parquet
@@ -80,10 +81,6 @@ class _Timer:
                 timer.times[name] = round(timer.times.get(name, 0.0) + time.perf_counter() - self.t, 3)
 
         return _T()
-
-
-def _hash(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def _row_normalised_counts(rows: np.ndarray, cols: np.ndarray, c: int) -> np.ndarray:
@@ -168,7 +165,7 @@ def scan(inputs: ScanInputs, cfg: ScanConfig, out: Path, progress: Progress | No
                 hashes["images_sha256"] = arr.images_sha256
                 image_info = {"cache": f"cache/{img_name}", "shape": list(arr.shape)}
                 images = np.memmap(stage / "cache" / img_name, dtype=np.uint8, mode="r", shape=arr.shape)
-            key = _hash(
+            key = sha256_json(
                 {
                     "v": __version__,
                     "images": arr.images_sha256,

@@ -77,3 +77,73 @@ def inject(kind: str, y: np.ndarray, rate: float, num_classes: int, seed: int, f
             raise ValueError("instance-dependent noise needs the images")
         return instance_noise(y, features, rate, num_classes, seed)
     raise ValueError(f"unknown noise kind {kind!r} (symmetric, asymmetric, instance)")
+
+
+def random_pairs(num_classes: int, seed: int) -> dict[int, int]:
+    """A fixed random pairing of the classes for asymmetric noise: the classes are shuffled and
+    consecutive ones swap (a <-> b); with an odd count the last class flips one way into the
+    first pair. Every class gets a target other than itself."""
+    if num_classes < 2:
+        raise ValueError("a pairing needs at least two classes")
+    order = np.random.default_rng([seed, 2718]).permutation(num_classes)
+    pairs: dict[int, int] = {}
+    for a, b in zip(order[0:-1:2], order[1::2]):
+        pairs[int(a)], pairs[int(b)] = int(b), int(a)
+    if num_classes % 2:
+        pairs[int(order[-1])] = int(order[0])
+    return pairs
+
+
+def confusion_from_probs(probs: np.ndarray, y_true: np.ndarray, num_classes: int | None = None) -> np.ndarray:
+    """P(predicted = column | true = row), from a model's argmax on samples with known true labels.
+
+    Used to draw "human-like" noise: the mistakes a (different) model makes, which concentrate on
+    visually similar classes, stand in for the mistakes annotators make."""
+    probs = np.asarray(probs)
+    c = num_classes or probs.shape[1]
+    counts = np.zeros((c, c))
+    np.add.at(counts, (np.asarray(y_true), probs.argmax(1)), 1.0)
+    rows = counts.sum(1, keepdims=True)
+    return np.divide(counts, rows, out=np.eye(c), where=rows > 0)
+
+
+def confusion_noise(y: np.ndarray, rate: float, confusion: np.ndarray, seed: int) -> np.ndarray:
+    """Each label flips with probability `rate`; the new class is drawn from its true class's row
+    of `confusion` (P(other | true)) with the diagonal removed and the row renormalised, so flips
+    follow the confusion's off-diagonal pattern. A row with no off-diagonal mass flips uniformly.
+
+    Exactly the flipped rows are wrong, so `rate` is the expected share of wrong labels."""
+    y = np.asarray(y)
+    conf = np.array(confusion, dtype=np.float64)
+    c = conf.shape[0]
+    np.fill_diagonal(conf, 0.0)
+    conf = np.clip(conf, 0.0, None)
+    rows = conf.sum(1, keepdims=True)
+    uniform = (1.0 - np.eye(c)) / max(c - 1, 1)
+    conf = np.where(rows > 0, conf / np.maximum(rows, 1e-300), uniform)
+    rng = np.random.default_rng([seed, 8642])
+    flip = rng.random(len(y)) < rate
+    u = rng.random(len(y))
+    cdf = np.cumsum(conf, axis=1)
+    cdf[:, -1] = 1.0
+    target = (u[:, None] > cdf[y]).sum(1)
+    noisy = y.copy()
+    noisy[flip] = target[flip]
+    return noisy
+
+
+def long_tail_indices(y: np.ndarray, imbalance: float, max_per_class: int, seed: int) -> np.ndarray:
+    """Sorted indices of a long-tailed subset: class sizes decay geometrically from
+    `max_per_class` (largest) to `max_per_class / imbalance` (smallest); which class gets which
+    size is a seeded shuffle. A class with fewer samples than its size gives all it has."""
+    y = np.asarray(y)
+    classes = np.unique(y)
+    rng = np.random.default_rng([seed, 1618])
+    order = rng.permutation(classes)
+    m = len(classes)
+    picked = []
+    for rank, k in enumerate(order):
+        size = int(round(max_per_class * float(imbalance) ** (-rank / max(m - 1, 1))))
+        idx = np.flatnonzero(y == k)
+        picked.append(rng.choice(idx, min(max(size, 2), len(idx)), replace=False))
+    return np.sort(np.concatenate(picked))

@@ -72,6 +72,11 @@ def _fail(exc: LabelfixError) -> None:
     raise typer.Exit(exc.exit_code)
 
 
+def _warn(warnings: list[str]) -> None:
+    for w in warnings:
+        typer.echo(f"labelfix: warning: {w}", err=True)
+
+
 def _classes(value: Optional[str]) -> Optional[list[str]]:
     if value is None:
         return None
@@ -149,6 +154,7 @@ def refine(
     max_ambiguity: Annotated[float, typer.Option(help="Relabel only below this ambiguity (else review).")] = 0.5,
     min_confidence: Annotated[float, typer.Option(help="Relabel only when the refined label's probability reaches this.")] = 0.5,
     drop_review: Annotated[bool, typer.Option("--drop-review", help="Leave review rows out of labels.refined.csv.")] = False,
+    no_mutual: Annotated[bool, typer.Option("--no-mutual", help="Ignore distill's student view: teacher-only refinement.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the refine statistics as JSON.")] = False,
 ) -> None:
     """Refined soft labels, ambiguity scores and actions (keep / relabel / review)."""
@@ -161,10 +167,11 @@ def refine(
             alpha=alpha, rounds=rounds, temperature=temperature, relabel_max_ambiguity=max_ambiguity,
             relabel_min_confidence=min_confidence, drop_review=drop_review,
         )
-        stats = run_refine(run_dir, cfg, RichProgress(not json_out))
+        stats = run_refine(run_dir, cfg, RichProgress(not json_out), mutual=not no_mutual)
     except LabelfixError as exc:
         _fail(exc)
     render_refine(stats, json_out)
+    _warn(stats.get("warnings", []))
 
 
 @app.command()
@@ -193,6 +200,7 @@ def distill(
     except LabelfixError as exc:
         _fail(exc)
     render_distill(report, run_dir, json_out)
+    _warn(report.get("warnings", []))
 
 
 @app.command()

@@ -3,7 +3,8 @@
 Loss per sample: weight_i * [(1 - kd) CE(student, soft_label_i) + kd T^2 KL(teacher_T || student_T)],
 weight_i = 1 - ambiguity_i (0 for review rows). Checkpoints after every epoch make an
 interrupted run resume where it stopped. Afterwards the student's embeddings feed a mutual
-refinement round (teacher graph and student graph alternate) that updates refined.parquet.
+refinement round (teacher graph and student graph alternate) that updates refined.parquet, but
+only when the student is at least as good as the teacher on the held-out rows (`mutual_guard`).
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ STUDENT_META = "student.json"
 DISTILL_FILE = "distill.json"
 CHECKPOINT = "checkpoints/student-last.pt"
 ROUNDS_STATE = "checkpoints/distill-rounds.json"
-ROUND_KEYS = ("train_rows", "excluded_review_rows", "heldout_accuracy_vs_refined", "train_seconds", "mutual_refine")
+ROUND_KEYS = ("train_rows", "excluded_review_rows", "heldout_accuracy_vs_refined", "mutual_guard", "train_seconds", "mutual_refine")
+GUARD_Z = 2.0
 FIXED_SIZE = ("vit", "swin", "maxvit")
 AUGMENTS = ("on", "off")
 
@@ -268,6 +270,79 @@ def stratified_holdout(labels: np.ndarray, eligible: np.ndarray, fraction: float
 
 
 # ---------------------------------------------------------------------------------------------
+# The guard on the mutual round
+
+
+def mutual_guard(student_pred: np.ndarray, teacher_pred: np.ndarray, target: np.ndarray) -> dict:
+    """Is the student at least as good as the teacher? Both predictions are compared with the same
+    `target` labels on the same held-out rows (rows the student did not train on; the teacher's
+    probabilities are out-of-sample everywhere).
+
+    Tolerance: a paired (McNemar) test. With b rows only the student gets right and c rows only the
+    teacher gets right, the difference of accuracies is (b - c) / n, and its standard error under
+    "equally accurate" is sqrt(b + c) / n. The student passes unless it is more than GUARD_Z (2)
+    such standard errors worse: c - b <= 2 sqrt(b + c), i.e. accuracy difference >= -tolerance with
+    tolerance = 2 sqrt(b + c) / n. The tolerance shrinks as the held-out count grows and as the two
+    models agree more, so a chance-level student fails on a few dozen rows while a student one or
+    two rows behind the teacher on a small held-out set passes. No held-out rows: nothing was
+    measured, the guard fails (the mutual round is not run blind).
+
+    The target (distill uses the refined labels the student trained on) was partly derived from the
+    teacher's own probabilities, so the comparison leans towards the teacher: the guard errs on
+    the side of keeping the teacher-only labels."""
+    student_pred, teacher_pred, target = (np.asarray(a) for a in (student_pred, teacher_pred, target))
+    n = int(len(target))
+    s = student_pred == target
+    t = teacher_pred == target
+    b, c = int((s & ~t).sum()), int((~s & t).sum())
+    return {
+        "heldout_rows": n,
+        "student_accuracy": round(float(s.mean()), 4) if n else None,
+        "teacher_accuracy": round(float(t.mean()), 4) if n else None,
+        "only_student_right": b,
+        "only_teacher_right": c,
+        "tolerance": round(GUARD_Z * math.sqrt(b + c) / n, 4) if n else None,
+        "passed": bool(n > 0 and c - b <= GUARD_Z * math.sqrt(b + c)),
+    }
+
+
+def guard_warning(guard: dict, what: str) -> str:
+    """One line saying why the mutual round did not run and what was left as it was."""
+    if not guard.get("heldout_rows"):
+        why = "no held-out rows to compare the student with the teacher on"
+    else:
+        why = (
+            f"the student's held-out accuracy {guard['student_accuracy']:.4f} is below the teacher's "
+            f"{guard['teacher_accuracy']:.4f} (same {guard['heldout_rows']} rows, same labels; "
+            f"tolerance {guard['tolerance']:.4f})"
+        )
+    return f"mutual round skipped: {why}; {what}"
+
+
+def recorded_guard(run_dir: Path) -> tuple[dict | None, str | None]:
+    """The guard distill recorded in student.json for the student view in `run_dir`: (guard,
+    None) when the view may be used, else (guard or None, one-line warning). The record must
+    name the student_probs.npy it was measured with (a view left by an interrupted distill or
+    copied from elsewhere has none that matches)."""
+    from .refine import STUDENT_PROBS
+
+    run_dir = Path(run_dir)
+    guard = None
+    try:
+        guard = json.loads((run_dir / STUDENT_META).read_text()).get("mutual_guard")
+    except (OSError, ValueError, AttributeError):
+        pass
+    if not isinstance(guard, dict) or guard.get("student_probs_sha256") != sha256_file(run_dir / STUDENT_PROBS):
+        return None, (
+            f"mutual round skipped: {run_dir / STUDENT_META} records no held-out comparison for this "
+            f"{STUDENT_PROBS} (run labelfix distill again); teacher-only refinement"
+        )
+    if not guard.get("passed"):
+        return guard, guard_warning(guard, "teacher-only refinement")
+    return guard, None
+
+
+# ---------------------------------------------------------------------------------------------
 # The distill step
 
 
@@ -288,6 +363,11 @@ def distill(run_dir: Path, cfg: DistillConfig | None = None, progress: Progress 
     """Train the student, save it, and run the mutual refinement round; with cfg.rounds > 1, again
     on the labels each mutual round leaves (a fresh student each round). Returns distill.json's
     content: the last round's report, plus a per-round summary under "rounds".
+
+    The mutual round runs only when the student passes `mutual_guard` (held-out accuracy against
+    the refined labels at least the teacher's, within the tolerance); otherwise refined.parquet and
+    labels.refined.csv are left untouched, a warning goes into distill.json's and summary.json's
+    refine section `warnings`, and no further round is trained.
 
     An interrupted multi-round run resumes: the rounds already finished are recorded in
     checkpoints/distill-rounds.json (removed when all are done), and the unfinished round resumes
@@ -314,6 +394,11 @@ def distill(run_dir: Path, cfg: DistillConfig | None = None, progress: Progress 
         label = f"distill {cfg.student}" + (f" round {r}/{cfg.rounds}" if cfg.rounds > 1 else "")
         report = _distill_round(run_dir, cfg, progress, mutual_refine, label)
         done.append({"round": r, **{k: report.get(k) for k in ROUND_KEYS}})
+        if mutual_refine and not report["mutual_guard"]["passed"]:
+            # the labels did not move: a further round would train the same student again
+            if r < cfg.rounds:
+                report["warnings"].append(f"--rounds {cfg.rounds}: stopped after round {r}, whose student failed the guard")
+            break
         if r < cfg.rounds:
             state_path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_json(state_path, {"key": key, "refined_sha256": _refined_sha(run_dir), "rounds": done})
@@ -335,7 +420,7 @@ def _distill_round(run_dir: Path, cfg: DistillConfig, progress: Progress, mutual
     import torch
 
     from .device import resolve_device, resolve_precision, seed_everything
-    from .refine import REFINED_FILE, STUDENT_EMB, STUDENT_PROBS, RefineConfig, load_run, refine
+    from .refine import REFINED_CSV, REFINED_FILE, STUDENT_EMB, STUDENT_PROBS, RefineConfig, load_run, refine
 
     summary, _, _, _, _ = load_run(run_dir)
     images = open_run_images(run_dir, summary)
@@ -362,9 +447,11 @@ def _distill_round(run_dir: Path, cfg: DistillConfig, progress: Progress, mutual
     )
     held_idx = np.flatnonzero(held)
     val_acc = None
+    p_held = np.zeros((0, c), dtype=np.float32)
     if len(held_idx):
         p_held, _ = infer(model, batches, held_idx, progress=progress, precision=precision)
         val_acc = float((p_held.argmax(1) == refined[held_idx]).mean())
+    guard = mutual_guard(p_held.argmax(1), teacher[held_idx].argmax(1), refined[held_idx])
     probs, feats = infer(model, batches, np.arange(len(refined)), progress=progress, features=True, precision=precision)
     torch.save(model.state_dict(), run_dir / (STUDENT_FILE + ".tmp"))
     os.replace(run_dir / (STUDENT_FILE + ".tmp"), run_dir / STUDENT_FILE)
@@ -383,9 +470,11 @@ def _distill_round(run_dir: Path, cfg: DistillConfig, progress: Progress, mutual
         "preprocessing": "decode as in scan (grayscale kept, alpha on white), resize to image_size, "
         "repeat gray to 3 channels, resize to input_size, /255, normalise with mean/std",
     }
-    atomic_write_json(run_dir / STUDENT_META, meta)
     atomic_save_npy(run_dir / STUDENT_EMB, feats.astype(np.float32))
     atomic_save_npy(run_dir / STUDENT_PROBS, probs.astype(np.float32))
+    # written last, naming the probabilities it was measured with: refine reads the guard here
+    meta["mutual_guard"] = dict(guard, target="refined labels", student_probs_sha256=sha256_file(run_dir / STUDENT_PROBS))
+    atomic_write_json(run_dir / STUDENT_META, meta)
     report = {
         "labelfix_version": __version__,
         "config": asdict(cfg),
@@ -396,13 +485,31 @@ def _distill_round(run_dir: Path, cfg: DistillConfig, progress: Progress, mutual
         "excluded_review_rows": int((weight == 0).sum()),
         "epochs": logs,
         "heldout_accuracy_vs_refined": None if val_acc is None else round(val_acc, 4),
+        "mutual_guard": dict(guard, target="refined labels"),
         "train_seconds": round(time.perf_counter() - t0, 1),
+        "warnings": [],
     }
-    if mutual_refine:
+    if mutual_refine and guard["passed"]:
         prev = summary.get("refine", {}).get("config", {})
         keep = {k: v for k, v in prev.items() if k in RefineConfig.__dataclass_fields__}
         report["mutual_refine"] = refine(run_dir, RefineConfig(**keep), progress)["counts"]
+    elif mutual_refine:
+        warning = guard_warning(guard, f"{REFINED_FILE} and {REFINED_CSV} were left as they were")
+        report["warnings"].append(warning)
+        _add_refine_warning(run_dir, warning)
     return report
+
+
+def _add_refine_warning(run_dir: Path, warning: str) -> None:
+    """Record a skipped mutual round in summary.json's refine section (the refined outputs, and
+    the rest of that section, describe the refine that wrote them and stay as they are)."""
+    from .pipeline import SUMMARY_FILE
+
+    path = run_dir / SUMMARY_FILE
+    summary = json.loads(path.read_text())
+    section = summary.setdefault("refine", {})
+    section["warnings"] = [w for w in section.get("warnings", []) if not w.startswith("mutual round skipped")] + [warning]
+    atomic_write_json(path, summary)
 
 
 # ---------------------------------------------------------------------------------------------

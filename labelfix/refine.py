@@ -118,10 +118,15 @@ def load_run(run_dir: Path) -> tuple:
     return summary, df, meta, graph, np.load(emb_path, mmap_mode="r")
 
 
-def refine(run_dir: Path, cfg: RefineConfig | None = None, progress: Progress | None = None) -> dict:
+def refine(run_dir: Path, cfg: RefineConfig | None = None, progress: Progress | None = None, mutual: bool = True) -> dict:
     """Write refined.parquet and labels.refined.csv into `run_dir`; update summary.json.
 
-    Returns the refine statistics (also stored under summary["refine"]).
+    A student view left by distill is used (mutual rounds) only when the comparison distill
+    recorded in student.json says the student was at least as good as the teacher on held-out
+    rows (`labelfix.distill.mutual_guard`); otherwise the refinement is teacher-only and a warning
+    goes into the statistics. `mutual=False` (CLI `--no-mutual`) ignores any student view: the
+    outputs are then those of a refine before distill. Returns the refine statistics (also
+    stored under summary["refine"]).
     """
     cfg = cfg or RefineConfig()
     cfg.validate()
@@ -137,7 +142,13 @@ def refine(run_dir: Path, cfg: RefineConfig | None = None, progress: Progress | 
     graph_from_probs = summary.get("teacher", {}).get("source") == "pred_probs"
 
     views = [normalized_adjacency(graph, cfg.gamma)]
-    student = (run_dir / STUDENT_EMB).is_file() and (run_dir / STUDENT_PROBS).is_file()
+    view = (run_dir / STUDENT_EMB).is_file() and (run_dir / STUDENT_PROBS).is_file()
+    guard, guard_warning = None, None
+    if view and mutual:
+        from .distill import recorded_guard
+
+        guard, guard_warning = recorded_guard(run_dir)
+    student = view and mutual and guard_warning is None
     if student:
         s_emb = np.load(run_dir / STUDENT_EMB)
         if len(s_emb) != len(y):
@@ -199,6 +210,9 @@ def refine(run_dir: Path, cfg: RefineConfig | None = None, progress: Progress | 
         "labelfix_version": __version__,
         "config": asdict(cfg),
         "mutual_rounds": bool(student),
+        "student_view": "none" if not view else "used" if student else "ignored (--no-mutual)" if not mutual else "skipped (guard)",
+        "mutual_guard": guard,
+        "warnings": [guard_warning] if guard_warning else [],
         "counts": {a: int((action == a).sum()) for a in ("keep", "relabel", "review")},
         "refined_differs_from_given": int(changed.sum()),
         "mean_ambiguity": round(float(amb.mean()), 4),

@@ -72,7 +72,22 @@ def render_refine(stats: dict, as_json: bool = False) -> None:
     t.add_row("all", str(sum(r["n"] for r in stats["per_class"])), str(c["relabel"]), str(c["relabel"]), str(c["review"]))
     con.print(t)
     con.print(f"keep {c['keep']}, relabel {c['relabel']}, review {c['review']}; mean ambiguity {stats['mean_ambiguity']:.3f}; "
-              f"mutual rounds: {'yes' if stats['mutual_rounds'] else 'no'}; {stats['time_s']:.1f}s")
+              f"mutual rounds: {'yes' if stats['mutual_rounds'] else 'no'}{_view_note(stats)}; {stats['time_s']:.1f}s")
+
+
+def _view_note(stats: dict) -> str:
+    view = stats.get("student_view")
+    return f" (student view {view})" if view and view not in ("none", "used") else ""
+
+
+def _guard_line(guard: dict | None) -> str | None:
+    if not guard or not guard.get("heldout_rows"):
+        return None
+    return (
+        f"student {guard['student_accuracy']:.2%} vs teacher {guard['teacher_accuracy']:.2%} on "
+        f"{guard['heldout_rows']} held-out rows (tolerance {guard['tolerance']:.2%}): "
+        + ("mutual round allowed" if guard["passed"] else "student worse, mutual round skipped")
+    )
 
 
 def render_distill(report: dict, run_dir: Path, as_json: bool = False) -> None:
@@ -98,6 +113,9 @@ def render_distill(report: dict, run_dir: Path, as_json: bool = False) -> None:
     acc = report["heldout_accuracy_vs_refined"]
     if acc is not None:
         con.print(f"held-out accuracy against refined labels: {acc:.2%} ({report['heldout_rows']} rows)")
+    line = _guard_line(report.get("mutual_guard"))
+    if line:
+        con.print(line)
     if "mutual_refine" in report:
         c = report["mutual_refine"]
         con.print(f"mutual refinement: keep {c['keep']}, relabel {c['relabel']}, review {c['review']}")

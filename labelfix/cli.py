@@ -148,8 +148,7 @@ def scan(
 @app.command()
 def refine(
     run_dir: Annotated[Path, typer.Argument(help="Run directory written by scan.")],
-    alpha: Annotated[float, typer.Option(help="Propagation strength in (0, 1).")] = 0.99,
-    rounds: Annotated[int, typer.Option(help="Mutual teacher/student rounds (after distill).")] = 2,
+    rounds: Annotated[int, typer.Option(help="Refit rounds of the noise posterior on an embedding graph (scan uses 3).")] = 3,
     temperature: Annotated[float, typer.Option(help="Sharpening temperature for confident rows.")] = 0.5,
     max_ambiguity: Annotated[float, typer.Option(help="Relabel only below this ambiguity (else review).")] = 0.5,
     min_confidence: Annotated[float, typer.Option(help="Relabel only when the refined label's probability reaches this.")] = 0.5,
@@ -164,7 +163,7 @@ def refine(
 
     try:
         cfg = RefineConfig(
-            alpha=alpha, rounds=rounds, temperature=temperature, relabel_max_ambiguity=max_ambiguity,
+            rounds=rounds, temperature=temperature, relabel_max_ambiguity=max_ambiguity,
             relabel_min_confidence=min_confidence, drop_review=drop_review,
         )
         stats = run_refine(run_dir, cfg, RichProgress(not json_out), mutual=not no_mutual)

@@ -83,11 +83,12 @@ class _Timer:
         return _T()
 
 
-def _row_normalised_counts(rows: np.ndarray, cols: np.ndarray, c: int) -> np.ndarray:
-    counts = np.zeros((c, c))
-    np.add.at(counts, (rows, cols), 1.0)
-    total = counts.sum(axis=1, keepdims=True)
-    return np.divide(counts, total, out=np.zeros_like(counts), where=total > 0)
+def _posterior_matrix(y: np.ndarray, posterior: np.ndarray, c: int) -> np.ndarray:
+    """(C, C) mean of P(true class | x, given) over the rows given each class."""
+    sums = np.zeros((c, c))
+    np.add.at(sums, y, posterior)
+    total = np.bincount(y, minlength=c).astype(np.float64)[:, None]
+    return np.divide(sums, total, out=np.zeros_like(sums), where=total > 0)
 
 
 def load_labels(inputs: ScanInputs) -> LabelSet:
@@ -106,11 +107,10 @@ def scan(inputs: ScanInputs, cfg: ScanConfig, out: Path, progress: Progress | No
     Writes `scan.parquet`, `summary.json`, the graph and the embedding cache into `out`,
     all or nothing.
     """
+    from .detect import detect
     from .device import resolve_device, resolve_precision, seed_everything
     from .graph import build_knn
-    from .partition import clean_probability, prototypes
-    from .propagation import normalized_adjacency, propagated_labels
-    from .scoring import flag_issues, issue_score, label_quality
+    from .scoring import alternative_label, label_quality
     from .selection import confident_joint, per_sample_loss, small_loss_mask
     from .teacher import TeacherOutput, run_teacher
 
@@ -202,21 +202,17 @@ def scan(inputs: ScanInputs, cfg: ScanConfig, out: Path, progress: Progress | No
             graph = build_knn(emb, cfg.k, device, progress=progress)
         with timer("selection"):
             noise = confident_joint(probs, y)
-            loss = per_sample_loss(probs, y)
-            small = small_loss_mask(loss, y, noise.rates)
-            protos = prototypes(emb, y, small, probs[np.arange(len(y)), y], c)
-            clean, partition_notes = clean_probability(emb, y, loss, protos, noise.rates, cfg.seed)
-        with timer("propagation"):
-            wn = normalized_adjacency(graph, cfg.gamma)
-            p_lp = propagated_labels(wn, y, clean, clean >= 0.5, probs, cfg.alpha)
-            # A graph built from the given probabilities themselves adds no independent
-            # evidence; one from embeddings does (measured: docs/benchmarks.md).
+            small = small_loss_mask(per_sample_loss(probs, y), y, noise.rates)
+        with timer("detection"):
+            # A graph built from the given probabilities themselves only smooths them; one from
+            # embeddings is independent evidence (detect.detect's docstring has the measurements).
             graph_from_probs = teacher.stats.get("source") == "pred_probs"
-            m = probs if graph_from_probs else 0.5 * (p_lp + probs)
-            quality = label_quality(m, y)
-            flags = flag_issues(m, y, clean, noise.joint)
-            score = issue_score(quality, clean)
-            suggested = np.where(flags, m.argmax(axis=1), y)
+            det = detect(probs, y, graph.ids, graph.sims, not graph_from_probs, gamma=cfg.gamma, seed=cfg.seed)
+            clean = (1.0 - det.p_wrong).astype(np.float32)
+            flags = det.flags
+            quality = label_quality(det.evidence, y)
+            score = det.p_wrong
+            suggested = np.where(flags, alternative_label(det.posterior, y), y)
 
         warnings = []
         agreement = float((probs.argmax(1) == y).mean())
@@ -248,7 +244,7 @@ def scan(inputs: ScanInputs, cfg: ScanConfig, out: Path, progress: Progress | No
                 "class": labels.class_names[k],
                 "n": int(counts[k]),
                 "issues": int(flags[y == k].sum()),
-                "estimated_noise_rate": round(float(flags[y == k].mean()) if counts[k] else 0.0, 4),
+                "estimated_noise_rate": round(float(det.p_wrong[y == k].mean()) if counts[k] else 0.0, 4),
             }
             for k in range(c)
         ]
@@ -277,15 +273,16 @@ def scan(inputs: ScanInputs, cfg: ScanConfig, out: Path, progress: Progress | No
                 "clean_partition": int((clean >= 0.5).sum()),
                 "small_loss": int(small.sum()),
             },
-            # The flagged share estimates the noise rate better than the confident joint, which
-            # overestimates it with an imperfect teacher (Fashion-MNIST 40%: 0.385 vs 0.507;
-            # CIFAR-10 ResNet-18 probs, 19.95% true: 0.214 vs 0.235).
-            "estimated_noise_rate": round(float(flags.mean()), 4),
+            # The expected share of wrong labels under the fitted noise model (mean P(wrong)).
+            "estimated_noise_rate": round(float(det.p_wrong.mean()), 4),
+            "flagged_share": round(float(flags.mean()), 4),
             "per_class": per_class,
-            "evidence": "teacher probabilities" if graph_from_probs else "mean of label propagation and teacher probabilities",
+            "evidence": "teacher probabilities and their own neighbour graph" if graph_from_probs
+            else "teacher probabilities and the embedding graph's neighbour vote",
+            "detection": det.report(),
             "noise_matrix": {
-                "description": "P(true class = column | given class = row): flagged rows count toward their suggested class",
-                "values": np.round(_row_normalised_counts(y, suggested, c), 4),
+                "description": "P(true class = column | given class = row): mean posterior of the rows given each class",
+                "values": np.round(_posterior_matrix(y, det.posterior, c), 4),
             },
             "confident_joint": {
                 "description": "Confident Learning's calibrated estimate (drives the flag allocation)",
@@ -295,8 +292,8 @@ def scan(inputs: ScanInputs, cfg: ScanConfig, out: Path, progress: Progress | No
             },
             "teacher": teacher_stats,
             "teacher_heldout_agreement_with_given": round(float((probs.argmax(1) == y).mean()), 4),
-            "graph": {"k": int(graph.ids.shape[1]), "index": graph.index_kind},
-            "partition_rules": {labels.class_names[k]: v for k, v in partition_notes.items()},
+            "graph": {"k": int(graph.ids.shape[1]), "index": graph.index_kind,
+                      "built_from": "pred_probs" if graph_from_probs else "embeddings"},
             "warnings": warnings,
             "timings_s": timer.times,
         }

@@ -1,8 +1,9 @@
 """`refine`: refined soft labels, ambiguity and actions from a scan run (algorithm.md 5-9).
 
-Reads the scan's table, graph and embeddings; when `distill` has left a student view
-(`student_embeddings.npy`, `student_probs.npy`), label propagation alternates between the
-teacher graph and the student graph (AML-KD stage 2), S's labels fixed, last two rounds averaged.
+Reads the scan's table and graph and recomputes scan's noise posterior (labelfix.detect); when
+`distill` has left a student view (`student_embeddings.npy`, `student_probs.npy`) that passed the
+mutual-round guard, the student's probabilities and its own graph's neighbour vote join the pool
+of experts (the mutual round). The soft label is the posterior over the true class.
 """
 
 from __future__ import annotations
@@ -15,14 +16,13 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
+from .detect import detect
 from .errors import InputError, RunDirError
 from .graph import KnnGraph, build_knn
 from .outputs import atomic_write_bytes, atomic_write_json, check_version, list_column, read_parquet, write_parquet
 from .pipeline import EMBEDDINGS_FILE, GRAPH_IDS, GRAPH_SIMS, SCAN_FILE, SUMMARY_FILE
 from .progress import NullProgress, Progress
-from .propagation import normalize_rows, normalized_adjacency, propagate, propagated_labels
-from .scoring import flag_issues, label_quality
-from .selection import confident_joint
+from .scoring import label_quality
 
 REFINED_FILE = "refined.parquet"
 REFINED_CSV = "labels.refined.csv"
@@ -33,8 +33,8 @@ STUDENT_PROBS = "student_probs.npy"
 @dataclass(frozen=True)
 class RefineConfig:
     """Attributes:
-    alpha: propagation strength in (0, 1).
-    rounds: mutual teacher/student propagation rounds (used only when a student view exists).
+    rounds: refit rounds of the noise posterior on an embedding graph (scan uses 3; the same
+        number here gives scan's flags exactly when there is no student view).
     sharpen_at: rows of the soft label whose maximum reaches this are sharpened.
     temperature: sharpening temperature (p^(1/T), renormalised).
     relabel_max_ambiguity: a flagged sample is relabelled only below this ambiguity...
@@ -42,8 +42,7 @@ class RefineConfig:
     drop_review: leave `review` rows out of labels.refined.csv (default: keep them unchanged).
     """
 
-    alpha: float = 0.99
-    rounds: int = 2
+    rounds: int = 3
     sharpen_at: float = 0.9
     temperature: float = 0.5
     relabel_max_ambiguity: float = 0.5
@@ -53,8 +52,6 @@ class RefineConfig:
     gamma: float = 3.0
 
     def validate(self) -> None:
-        if not 0.0 < self.alpha < 1.0:
-            raise InputError(f"--alpha must be in (0, 1) (got {self.alpha})")
         if self.rounds < 1:
             raise InputError(f"--rounds must be >= 1 (got {self.rounds})")
         if not 0.0 < self.temperature <= 1.0:
@@ -71,24 +68,19 @@ def js_divergence(p: np.ndarray, q: np.ndarray) -> np.ndarray:
     return np.clip(_entropy(mid) - 0.5 * _entropy(p) - 0.5 * _entropy(q), 0.0, None)
 
 
-def soft_labels(m: np.ndarray, y: np.ndarray, clean: np.ndarray, sharpen_at: float, temperature: float) -> np.ndarray:
-    """r_i = c_i onehot(y_i) + (1 - c_i) m_i, rows with max >= sharpen_at sharpened; rows sum to 1."""
-    n, c = m.shape
-    r = (1.0 - clean)[:, None] * m
-    r[np.arange(n), y] += clean
+def sharpen(posterior: np.ndarray, sharpen_at: float, temperature: float) -> np.ndarray:
+    """The posterior over the true class, rows with max >= sharpen_at sharpened (p^(1/T)); rows sum to 1."""
+    r = np.array(posterior, dtype=np.float64, copy=True)
     sharp = r.max(axis=1) >= sharpen_at
     if sharp.any():
         s = r[sharp] ** (1.0 / temperature)
         r[sharp] = s / s.sum(axis=1, keepdims=True)
-    r = r / r.sum(axis=1, keepdims=True)
-    return r.astype(np.float32)
+    return (r / r.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
 def ambiguity(soft: np.ndarray, p_lp: np.ndarray, probs: np.ndarray) -> np.ndarray:
-    """0.5 H(r)/log C + 0.5 JS(P_lp || p)/log 2, in [0, 1]: how unsure the refined soft label r
-    is, plus how much the graph and the model disagree. algorithm.md uses H(m) of the evidence;
-    H(r) also carries the clean probability and separated wrong from right refined labels better
-    on Fashion-MNIST 40% (mean ambiguity ratio 3.3 vs 1.6)."""
+    """0.5 H(r)/log C + 0.5 JS(graph || p)/log 2, in [0, 1]: how unsure the refined soft label r
+    is, plus how much the graph's view (`p_lp`: its neighbour vote) and the model disagree."""
     c = soft.shape[1]
     a = 0.5 * _entropy(soft) / np.log(c) + 0.5 * js_divergence(p_lp, probs) / np.log(2)
     return np.clip(a, 0.0, 1.0).astype(np.float32)
@@ -138,10 +130,8 @@ def refine(run_dir: Path, cfg: RefineConfig | None = None, progress: Progress | 
     y = df["given_index"].to_numpy().astype(np.int64)
     probs = list_column(df, "teacher_probs")
     clean = df["clean_prob"].to_numpy().astype(np.float64)
-    seeds_mask = clean >= 0.5
-    graph_from_probs = summary.get("teacher", {}).get("source") == "pred_probs"
+    graph_from_probs = summary["graph"].get("built_from") == "pred_probs"
 
-    views = [normalized_adjacency(graph, cfg.gamma)]
     view = (run_dir / STUDENT_EMB).is_file() and (run_dir / STUDENT_PROBS).is_file()
     guard, guard_warning = None, None
     if view and mutual:
@@ -149,38 +139,30 @@ def refine(run_dir: Path, cfg: RefineConfig | None = None, progress: Progress | 
 
         guard, guard_warning = recorded_guard(run_dir)
     student = view and mutual and guard_warning is None
+    extra, more_graphs = {}, {}
     if student:
         s_emb = np.load(run_dir / STUDENT_EMB)
         if len(s_emb) != len(y):
             raise RunDirError(f"{run_dir / STUDENT_EMB}: {len(s_emb)} rows, expected {len(y)}")
-        views.append(normalized_adjacency(build_knn(s_emb, cfg.k, progress=progress), cfg.gamma))
-        s_probs = np.load(run_dir / STUDENT_PROBS)
-        evidence_probs = 0.5 * (probs + s_probs)
-    else:
-        evidence_probs = probs
+        s_graph = build_knn(s_emb, int(graph.ids.shape[1]), progress=progress)
+        more_graphs["student"] = (s_graph.ids, s_graph.sims)
+        extra["student probabilities"] = np.load(run_dir / STUDENT_PROBS)
+        if extra["student probabilities"].shape != probs.shape:
+            raise RunDirError(f"{run_dir / STUDENT_PROBS}: shape {extra['student probabilities'].shape}, expected {probs.shape}")
 
-    with progress.task("label propagation", total=cfg.rounds if student else 1) as task:
-        p_lp = propagated_labels(views[0], y, clean, seeds_mask, evidence_probs, cfg.alpha)
+    seed = int(summary.get("seed", 0))
+    with progress.task("refine: noise posterior", total=1) as task:
+        # Teacher-only, this is exactly scan's detection (same inputs, seed and rounds); with a
+        # student, its probabilities and its graph's vote join the pool, and the likelihood fit
+        # gives them the weight the data supports (zero for a useless student).
+        det = detect(probs, y, graph.ids, graph.sims, not graph_from_probs, extra=extra, gamma=cfg.gamma,
+                     seed=seed, rounds=cfg.rounds, more_graphs=more_graphs)
         task.advance()
-        history = [p_lp]
-        if student:
-            c = probs.shape[1]
-            for r in range(1, cfg.rounds):
-                # Mutual round: S keeps its given labels; the others seed with the last round's view.
-                seed = np.zeros((len(y), c))
-                seed[np.flatnonzero(seeds_mask), y[seeds_mask]] = clean[seeds_mask]
-                seed[~seeds_mask] = (1.0 - clean[~seeds_mask, None]) * history[-1][~seeds_mask]
-                seed /= np.maximum(seed.sum(axis=0, keepdims=True), 1e-12)
-                history.append(normalize_rows(propagate(views[r % len(views)], seed, cfg.alpha), evidence_probs))
-                task.advance()
-            p_lp = np.mean(history[-2:], axis=0)
-
-    m = evidence_probs if (graph_from_probs and not student) else 0.5 * (p_lp + evidence_probs)
-    soft = soft_labels(m, y, clean, cfg.sharpen_at, cfg.temperature)
-    amb = ambiguity(soft, p_lp, evidence_probs)
-    joint = confident_joint(evidence_probs, y).joint
-    quality = label_quality(m, y)
-    flags = flag_issues(m, y, clean, joint)
+    clean = (1.0 - det.p_wrong).astype(np.float64)
+    soft = sharpen(det.posterior, cfg.sharpen_at, cfg.temperature)
+    amb = ambiguity(soft, det.vote, probs)
+    quality = label_quality(det.evidence, y)
+    flags = det.flags
     refined = soft.argmax(axis=1)
     confident = soft.max(axis=1) >= cfg.relabel_min_confidence
     changed = refined != y
@@ -210,6 +192,7 @@ def refine(run_dir: Path, cfg: RefineConfig | None = None, progress: Progress | 
         "labelfix_version": __version__,
         "config": asdict(cfg),
         "mutual_rounds": bool(student),
+        "detection": det.report(),
         "student_view": "none" if not view else "used" if student else "ignored (--no-mutual)" if not mutual else "skipped (guard)",
         "mutual_guard": guard,
         "warnings": [guard_warning] if guard_warning else [],

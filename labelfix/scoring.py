@@ -14,6 +14,13 @@ def label_quality(m: np.ndarray, y: np.ndarray) -> np.ndarray:
     return ((at_y - other.max(axis=1) + 1.0) / 2.0).astype(np.float32)
 
 
+def alternative_label(posterior: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """The most probable class other than the given one, per row (the suggestion for a flag)."""
+    other = np.array(posterior, dtype=np.float64, copy=True)
+    other[np.arange(len(y)), y] = -np.inf
+    return other.argmax(axis=1)
+
+
 def flag_issues(m: np.ndarray, y: np.ndarray, clean_prob: np.ndarray, joint: np.ndarray) -> np.ndarray:
     """Flag likely wrong labels.
 

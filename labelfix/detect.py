@@ -180,12 +180,19 @@ def detect(
     rng = np.random.default_rng([seed, 2024])
     rows = np.sort(rng.choice(n, fit_rows, replace=False)) if n > fit_rows else np.arange(n)
     probs = np.asarray(probs, dtype=np.float64)
-    transition = transition_from_joint(confident_joint(probs, y).joint)
     base = [probs] + [np.asarray(v, dtype=np.float64) for v in (extra or {}).values()]
     graphs = {"graph vote": (ids, sims), **{f"{k} graph vote": v for k, v in (more_graphs or {}).items()}}
     names = ("probabilities", *(extra or {}).keys(), *graphs.keys())
-    w, t = fit_pool(base, y, transition, rows)
-    pi = _pool([np.log(np.clip(e, _EPS, 1.0)) for e in base], w, t)
+    # The noise model needs a first T from an informative source: the expert whose argmax agrees
+    # most with the given labels (out-of-sample for all of them; under noise that leaves the
+    # true class the most frequent label, agreement grows with accuracy). With an independent
+    # graph the plain vote of the neighbours' labels competes: probabilities at chance would
+    # otherwise give a flat T under which no expert can be told from another.
+    start = base + ([neighbour_vote(ids, sims, y, c, np.ones(n), gamma)] if graph_independent else [])
+    first = start[int(np.argmax([(e.argmax(axis=1) == y).mean() for e in start]))]
+    transition = transition_from_joint(confident_joint(first, y).joint)
+    w, t = fit_pool([first], y, transition, rows)
+    pi = _pool([np.log(np.clip(first, _EPS, 1.0))], w, t)
     p_wrong, post = posterior_wrong(pi, y, transition)
     rounds = max(1, rounds) if graph_independent else 1
     for r in range(rounds):

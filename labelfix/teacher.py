@@ -5,6 +5,10 @@
   loss (Zhang & Sabuncu 2018) keeps the models from fitting wrong labels (optionally with the ELR
   regulariser, Liu et al. 2020). Embeddings are the L2-normalised
   penultimate features of all K fold models, concatenated: one shared space for the graph.
+  Each fold starts with plain cross-entropy (the warm-up: GCE from a random start can stall at the
+  uniform prediction) and is watched: a fold whose training agreement with its labels is not
+  clearly above the majority-class share after the warm-up, or at the end, is restarted once with
+  cross-entropy at a lower learning rate; both are recorded with per-epoch learning curves.
 * a torchvision architecture with `weights`, or a user checkpoint: a frozen feature extractor;
   probabilities come from a linear head cross-fitted on those features.
 """
@@ -98,6 +102,13 @@ def build_small_resnet(in_channels: int, num_classes: int, width: int = 32):
 # Batches from the on-disk image array
 
 
+# Input normalisation of the auto teacher: "fixed" maps [0, 1] to [-1, 1] for every data set
+# (per-channel statistics of the data gave near-zero spreads on almost constant channels);
+# "data" uses the per-channel mean and spread of a 4,096-image sample.
+NORMALISE = "fixed"
+NORM_MEAN, NORM_STD = 0.5, 0.5
+
+
 class Batches:
     """Normalised float batches read from a (N, H, W, C) uint8 array."""
 
@@ -165,28 +176,170 @@ def uses_augmentation(setting: str, n_train: int) -> bool:
     return setting == "on" or (setting == "auto" and n_train < AUGMENT_BELOW)
 
 
-def _train_fold(model, batches: Batches, train_idx, y, num_classes, cfg: TeacherConfig, seed, epochs, progress_task, precision="fp32"):
+# ---------------------------------------------------------------------------------------------
+# Chance level, stall detection, recipes
+
+# One-sided binomial significance below which an agreement count is "clearly above" the
+# majority-class share. Used by the stall detector (training agreement) and by the weak-teacher
+# gate (out-of-sample agreement of any probability source).
+CLEARLY_ABOVE_P = 1e-3
+
+
+def majority_share(y: np.ndarray, num_classes: int) -> float:
+    """Agreement of the best label-blind prediction (always the largest class)."""
+    return float(np.bincount(y, minlength=num_classes).max() / max(len(y), 1))
+
+
+def binomial_excess_p(hits: int, n: int, p0: float) -> float:
+    """P(X >= hits) for X ~ Binomial(n, p0): how surprising `hits` agreements out of `n` are for
+    a predictor that agrees with the labels no more often than `p0`."""
+    from scipy.stats import binom
+
+    if n <= 0:
+        return 1.0
+    return float(binom.sf(int(hits) - 1, int(n), min(max(float(p0), 0.0), 1.0)))
+
+
+def clearly_above_chance(hits: int, n: int, p0: float, alpha: float = CLEARLY_ABOVE_P) -> bool:
+    return binomial_excess_p(hits, n, p0) < alpha
+
+
+def agreement_check(probs: np.ndarray, y: np.ndarray, num_classes: int, alpha: float = CLEARLY_ABOVE_P) -> dict:
+    """The weak-teacher test of any source of out-of-sample probabilities.
+
+    Chance is the majority-class share (what always predicting the largest class agrees);
+    the teacher is weak when its agreement with the given labels is not clearly above it:
+    one-sided binomial P(X >= hits | n, chance) >= alpha. When even full agreement could not
+    pass (chance ** n >= alpha: a handful of samples), the test is `testable: False` and
+    never calls a teacher weak.
+    """
+    n = int(len(y))
+    hits = int((np.asarray(probs).argmax(1) == y).sum())
+    chance = majority_share(y, num_classes)
+    p = binomial_excess_p(hits, n, chance)
+    testable = binomial_excess_p(n, n, chance) < alpha
+    return {
+        "agreement": round(hits / max(n, 1), 4),
+        "chance": round(chance, 4),
+        "samples": n,
+        "p_value": float(f"{p:.3g}"),
+        "alpha": alpha,
+        "testable": bool(testable),
+        "weak": bool(testable and p >= alpha),
+        "test": "one-sided binomial: P(X >= agreeing samples | n, majority-class share)",
+    }
+
+
+def weak_teacher_message(check: dict, source: str, allowed: bool = False) -> str:
+    """One line for WeakTeacher and for the summary warning; `source` names the probabilities."""
+    return (
+        f"{source} agree with the given labels on {check['agreement']:.1%} of {check['samples']} held-out samples, "
+        f"not clearly above chance (the majority-class share, {check['chance']:.1%}; one-sided binomial "
+        f"p = {check['p_value']:.2g} >= {check['alpha']:g}): flags and suggestions "
+        + ("are noise (written anyway: --allow-weak-teacher)" if allowed else
+           "would be noise; use a stronger teacher (more data or --epochs, a pretrained --teacher, --pred-probs from "
+           "a model you trust) or check the labels, or pass --allow-weak-teacher to write the outputs anyway")
+    )
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How one fold model is trained. `warmup` is the share of epochs trained with plain
+    cross-entropy before switching to `loss`."""
+
+    name: str
+    loss: str
+    lr: float
+    warmup: float
+
+
+# Restarted folds train with cross-entropy throughout at this fraction of the learning rate.
+FALLBACK_LR_FACTOR = 1 / 3
+
+
+def recipes(cfg: TeacherConfig) -> list[Recipe]:
+    """The default recipe, then the one a stalled fold is restarted with."""
+    if cfg.loss == "ce" or cfg.warmup >= 1.0:
+        first = Recipe("ce", "ce", cfg.lr, 1.0)
+    elif cfg.warmup > 0:
+        first = Recipe(f"ce-warmup+{cfg.loss}", cfg.loss, cfg.lr, cfg.warmup)
+    else:
+        first = Recipe(cfg.loss, cfg.loss, cfg.lr, 0.0)
+    fallback = Recipe("ce-low-lr", "ce", cfg.lr * FALLBACK_LR_FACTOR, 1.0)
+    return [first, fallback] if cfg.restart_on_stall else [first]
+
+
+def warmup_epochs(recipe: Recipe, epochs: int) -> int:
+    """Cross-entropy epochs at the start: the recipe's share, at least one when it has any."""
+    if recipe.warmup <= 0:
+        return 0
+    return int(min(epochs, max(1, round(recipe.warmup * epochs))))
+
+
+# A fold is not judged before this many optimiser steps: fewer are under-training, not a stall
+# (150 digits: training agreement leaves chance after about 30 steps).
+MIN_STEPS_BEFORE_CHECK = 60
+
+
+def stall_check_epoch(recipe: Recipe, epochs: int, steps_per_epoch: int) -> int:
+    """1-based epoch after which the early stall check runs: the end of the warm-up (a quarter
+    of the epochs without one), once MIN_STEPS_BEFORE_CHECK steps are done; 0 (none: only the
+    last epoch is checked) when that is not before the last epoch."""
+    w = warmup_epochs(recipe, epochs)
+    w = w if 0 < w < epochs else max(1, epochs // 4)
+    w = max(w, -(-MIN_STEPS_BEFORE_CHECK // max(steps_per_epoch, 1)))
+    return w if w < epochs else 0
+
+
+def curve_rows(n_held: int, n_train: int, cap: int) -> int:
+    """Held-out rows scored after every epoch for the learning curve: at most `cap`, and about
+    a tenth of the training rows (a forward pass over them costs ~3% of the epoch)."""
+    return int(min(cap, n_held, max(100, n_train // 10)))
+
+
+def _train_fold(model, batches: Batches, train_idx, y, num_classes, cfg: TeacherConfig, seed, epochs, progress_task,
+                precision="fp32", recipe: Recipe | None = None, curve_idx=None, stop_early: bool = False) -> dict:
+    """Train one fold model in place. Returns its learning curve and whether it stalled.
+
+    The stall detector looks only at the training rows (the agreement of the training batches'
+    predictions with their labels): a decision taken from held-out labels would let a held-out
+    sample's label shape the model that scores it. `curve_idx` (held-out rows) is only recorded.
+    With `stop_early` (a fallback recipe follows), training stops at the first failed check.
+    """
+    import time
+
     import torch
     import torch.nn.functional as F
 
     from .device import autocast
 
+    recipe = recipe or recipes(cfg)[0]
+    t0 = time.perf_counter()
     gen = torch.Generator().manual_seed(int(seed))
     rng = np.random.default_rng(seed)
     n = len(train_idx)
     bs = effective_batch_size(cfg.batch_size, n)
     steps_per_epoch = max(1, n // bs)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=5e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=epochs * steps_per_epoch, pct_start=0.25)
+    opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=5e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=max(recipe.lr, 1e-12), total_steps=epochs * steps_per_epoch, pct_start=0.25)
+    if recipe.lr <= 0:  # OneCycle cannot be built with 0; keep it scheduling, at 0
+        for g in opt.param_groups:
+            g["lr"] = 0.0
+        sched = None
     targets = torch.zeros(n, num_classes, device=batches.device)
     y_t = torch.from_numpy(y[train_idx]).to(batches.device)
     pad = max(1, batches.images.shape[1] // 8)
     augment = uses_augmentation(cfg.augment, n)
-    losses = []
+    warm = warmup_epochs(recipe, epochs)
+    check_at = stall_check_epoch(recipe, epochs, steps_per_epoch)
+    chance = majority_share(y[train_idx], num_classes)
+    curve = {"epoch": [], "loss": [], "train_loss": [], "train_agreement": [], "heldout_agreement": []}
+    stalled_at = None
     model.train()
-    for _ in range(epochs):
+    for epoch in range(epochs):
+        loss_name = "ce" if epoch < warm else recipe.loss
         perm = rng.permutation(n)
-        total, count = 0.0, 0
+        total, count, hits = 0.0, 0, 0
         for s in range(steps_per_epoch):
             local = perm[s * bs : (s + 1) * bs]
             x = batches.get(train_idx[local])
@@ -197,7 +350,7 @@ def _train_fold(model, batches: Batches, train_idx, y, num_classes, cfg: Teacher
             logits = logits.float()
             yb = y_t[local]
             probs = F.softmax(logits, dim=1)
-            if cfg.loss == "gce":
+            if loss_name == "gce":
                 p_y = probs.gather(1, yb[:, None]).squeeze(1).clamp_min(1e-6)
                 loss = ((1.0 - p_y**cfg.gce_q) / cfg.gce_q).mean()
             else:
@@ -212,13 +365,41 @@ def _train_fold(model, batches: Batches, train_idx, y, num_classes, cfg: Teacher
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            sched.step()
+            if sched is not None:
+                sched.step()
             total += float(loss.detach()) * len(local)
             count += len(local)
+            hits += int((logits.detach().argmax(1) == yb).sum())
             progress_task.advance(len(local))
-        losses.append(total / max(count, 1))
+        curve["epoch"].append(epoch + 1)
+        curve["loss"].append(loss_name)
+        curve["train_loss"].append(round(total / max(count, 1), 4))
+        curve["train_agreement"].append(round(hits / max(count, 1), 4))
+        if curve_idx is not None and len(curve_idx):
+            model.eval()
+            outs = _infer(model, batches, curve_idx, cfg.batch_size * 2, precision=precision)
+            pred = torch.cat([o.float() for o in outs]).argmax(1).cpu().numpy()
+            curve["heldout_agreement"].append(round(float((pred == y[curve_idx]).mean()), 4))
+            model.train()
+        if epoch + 1 in (check_at, epochs) and not clearly_above_chance(hits, count, chance):
+            stalled_at = epoch + 1
+            if stop_early or epoch + 1 == epochs:
+                break
+        elif epoch + 1 == epochs:
+            stalled_at = None  # stalled at the warm-up check, then learned
     model.eval()
-    return losses
+    if not curve["heldout_agreement"]:
+        del curve["heldout_agreement"]
+    return {
+        "recipe": recipe.name,
+        "lr": recipe.lr,
+        "warmup_epochs": warm,
+        "stall_check_epochs": sorted({check_at, epochs} - {0}),
+        "chance_train": round(chance, 4),
+        "stalled_at_epoch": stalled_at,
+        "curve": curve,
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
 
 
 def _infer(model_fn, batches: Batches, idx: np.ndarray, batch_size: int, task=None, precision: str = "fp32"):
@@ -247,7 +428,15 @@ def train_auto_teacher(
     device: str,
     progress: Progress | None = None,
 ) -> TeacherOutput:
-    """K-fold cross-fitted small ResNet. `images` is (N, H, W, C) uint8 (a memmap is fine)."""
+    """K-fold cross-fitted small ResNet. `images` is (N, H, W, C) uint8 (a memmap is fine).
+
+    A fold whose model stalls (training agreement with its labels not clearly above the
+    majority-class share after the warm-up or at the end) is trained again from a fresh start
+    with the fallback recipe; `stats["folds"][k]` records the recipe used, `restarted`,
+    `stalled` (the last attempt stalled too) and every attempt's learning curve.
+    """
+    import time
+
     import torch
 
     from .device import resolve_precision
@@ -255,26 +444,46 @@ def train_auto_teacher(
     progress = progress or NullProgress()
     n = len(y)
     folds = fold_assignment(n, cfg.folds, seed)
-    batches = Batches(images, device)
+    batches = Batches(images, device, mean=NORM_MEAN, std=NORM_STD) if NORMALISE == "fixed" else Batches(images, device)
     precision = resolve_precision(device, cfg.precision)
     probs = np.zeros((n, num_classes), dtype=np.float32)
     feats = []
-    stats = {"folds": [], "precision": precision, "loss": cfg.loss, "width": cfg.width}
+    stats = {
+        "folds": [], "precision": precision, "loss": cfg.loss, "width": cfg.width, "lr": cfg.lr,
+        "warmup": cfg.warmup, "normalisation": NORMALISE, "restarts": 0, "stalled_folds": 0,
+        "stall_test": f"one-sided binomial p < {CLEARLY_ABOVE_P:g} against the majority-class share",
+    }
     all_idx = np.arange(n)
+    plan = recipes(cfg)
     for k in range(cfg.folds):
+        t0 = time.perf_counter()
         train_idx = np.flatnonzero(folds != k)
         held = np.flatnonzero(folds == k)
         epochs = cfg.epochs or auto_epochs(len(train_idx))
-        torch.manual_seed(seed * 1000 + k)
-        model = build_small_resnet(images.shape[3], num_classes, cfg.width).to(device)
-        with progress.task(f"teacher fold {k + 1}/{cfg.folds}", total=epochs * len(train_idx)) as task:
-            losses = _train_fold(model, batches, train_idx, y, num_classes, cfg, seed * 1000 + k, epochs, task, precision)
+        m = curve_rows(len(held), len(train_idx), cfg.curve_rows)
+        curve_idx = np.sort(np.random.default_rng([seed, k, 404]).choice(held, size=m, replace=False)) if m > 0 else None
+        attempts = []
+        for a, recipe in enumerate(plan):
+            torch.manual_seed(seed * 1000 + k + 100_003 * a)
+            model = build_small_resnet(images.shape[3], num_classes, cfg.width).to(device)
+            label = f"teacher fold {k + 1}/{cfg.folds}" + (" (restart)" if a else "")
+            with progress.task(label, total=epochs * len(train_idx)) as task:
+                run = _train_fold(model, batches, train_idx, y, num_classes, cfg, seed * 1000 + k + 100_003 * a, epochs,
+                                  task, precision, recipe, curve_idx, stop_early=a + 1 < len(plan))
+            attempts.append(run)
+            if run["stalled_at_epoch"] is None:
+                break
+        last = attempts[-1]
         with progress.task(f"embed fold {k + 1}/{cfg.folds}", total=n) as task:
             outs = _infer(lambda x, m=model: _feat_and_prob(m, x), batches, all_idx, cfg.batch_size * 2, task, precision)
         f = torch.cat([o[0] for o in outs]).cpu().numpy()
         p = torch.cat([o[1] for o in outs]).cpu().numpy()
         probs[held] = p[held]
         feats.append(f)
+        restarted = len(attempts) > 1
+        stalled = last["stalled_at_epoch"] is not None
+        stats["restarts"] += int(restarted)
+        stats["stalled_folds"] += int(stalled)
         stats["folds"].append(
             {
                 "fold": k,
@@ -282,14 +491,25 @@ def train_auto_teacher(
                 "n_scored": int(len(held)),
                 "epochs": epochs,
                 "augment": uses_augmentation(cfg.augment, len(train_idx)),
-                "train_loss": [round(v, 4) for v in losses],
+                "recipe": last["recipe"],
+                "restarted": restarted,
+                "restart_reason": (
+                    f"{attempts[0]['recipe']}: training agreement {attempts[0]['curve']['train_agreement'][-1]:.1%} not clearly "
+                    f"above the majority-class share {attempts[0]['chance_train']:.1%} after epoch {attempts[0]['stalled_at_epoch']}"
+                ) if restarted else None,
+                "stalled": stalled,
+                "train_loss": last["curve"]["train_loss"],
+                "curve_rows": int(m),
+                "attempts": attempts,
                 "heldout_agreement_with_given": float((p[held].argmax(1) == y[held]).mean()),
                 "train_agreement_with_given": float((p[train_idx].argmax(1) == y[train_idx]).mean()),
+                "seconds": round(time.perf_counter() - t0, 2),
             }
         )
     emb = np.concatenate(feats, axis=1) / np.sqrt(cfg.folds)
     emb = _l2n(emb)
     return TeacherOutput(probs, emb.astype(np.float32), stats)
+
 
 
 def _feat_and_prob(model, x):

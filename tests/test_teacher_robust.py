@@ -1,0 +1,103 @@
+"""Issue 10: an auto teacher that cannot fail silently.
+
+A stalled fold is detected from its training rows and restarted (or reported); the agreement
+test that tells a teacher from chance; learning curves land in summary.json."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import labelfix.teacher as teacher_mod
+from labelfix.config import ScanConfig, TeacherConfig
+from labelfix.demo import write_digits_folder
+from labelfix.pipeline import ScanInputs, scan
+from labelfix.teacher import Recipe, agreement_check, train_auto_teacher
+
+
+@pytest.fixture(scope="module")
+def digits300():
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    keep = np.sort(np.random.default_rng(0).permutation(len(d.target))[:300])
+    return (d.images[keep] / 16 * 255).round().astype(np.uint8)[..., None], d.target[keep].astype(np.int64)
+
+
+def test_stall_is_detected_and_reported(digits300):
+    """lr = 0: the default recipe cannot move; the fold is restarted, the restart (a third of 0)
+    cannot either, and both attempts are in the stats with their curves."""
+    images, y = digits300
+    out = train_auto_teacher(images, y, 10, TeacherConfig(epochs=4, width=8, lr=0.0), 0, "cpu")
+    assert out.stats["restarts"] == 2 and out.stats["stalled_folds"] == 2
+    for fold in out.stats["folds"]:
+        assert fold["restarted"] and fold["stalled"] and fold["recipe"] == "ce-low-lr"
+        assert "not clearly above the majority-class share" in fold["restart_reason"]
+        first, second = fold["attempts"]
+        assert first["recipe"] == "ce-warmup+gce" and first["stalled_at_epoch"] == 4  # 9 steps an epoch: no early check
+        assert len(first["curve"]["train_loss"]) == 4 and len(second["curve"]["train_loss"]) == 4
+        assert second["stalled_at_epoch"] == 4
+
+
+def test_restart_recovers_a_stalled_fold(digits300, monkeypatch):
+    """A first recipe that cannot learn is replaced by the fallback, which does."""
+    images, y = digits300
+    monkeypatch.setattr(teacher_mod, "recipes", lambda cfg: [Recipe("frozen", "gce", 0.0, 0.25), Recipe("ce", "ce", 0.01, 1.0)])
+    out = train_auto_teacher(images, y, 10, TeacherConfig(epochs=8, width=8), 0, "cpu")
+    assert out.stats["restarts"] == 2 and out.stats["stalled_folds"] == 0
+    for fold in out.stats["folds"]:
+        assert fold["restarted"] and not fold["stalled"] and fold["recipe"] == "ce"
+        assert fold["attempts"][1]["stalled_at_epoch"] is None
+    assert (out.probs.argmax(1) == y).mean() > 0.5
+
+
+def test_warmup_and_curves(digits300):
+    images, y = digits300
+    out = train_auto_teacher(images, y, 10, TeacherConfig(epochs=8, width=8), 0, "cpu")
+    for fold in out.stats["folds"]:
+        (run,) = fold["attempts"]
+        curve = run["curve"]
+        assert run["recipe"] == "ce-warmup+gce" and run["warmup_epochs"] == 2
+        assert curve["loss"] == ["ce"] * 2 + ["gce"] * 6
+        assert curve["epoch"] == list(range(1, 9))
+        assert len(curve["train_loss"]) == len(curve["train_agreement"]) == len(curve["heldout_agreement"]) == 8
+        assert fold["curve_rows"] == 100 and not fold["restarted"]
+        # out-of-sample and learned: the last held-out point is far above chance
+        assert curve["heldout_agreement"][-1] > 0.3
+
+
+def test_agreement_check_thresholds():
+    rng = np.random.default_rng(0)
+    n, c = 400, 10
+    true = rng.integers(0, c, n)
+    # random labels: a perfect classifier of the images agrees at chance
+    labels = rng.integers(0, c, n)
+    probs = np.eye(c)[true]
+    assert agreement_check(probs, labels, c)["weak"]
+    # a working teacher (80% accurate) at 60% symmetric noise: agreement ~ 0.4 * 0.8 + small
+    flip = rng.random(n) < 0.6
+    given = np.where(flip, (true + rng.integers(1, c, n)) % c, true)
+    pred = np.where(rng.random(n) < 0.8, true, rng.integers(0, c, n))
+    check = agreement_check(np.eye(c)[pred], given, c)
+    assert not check["weak"] and check["testable"] and 0.25 < check["agreement"] < 0.45
+    # a teacher that always predicts the largest class is chance by definition
+    imbalanced = np.r_[np.zeros(300, int), np.ones(100, int)]
+    assert agreement_check(np.eye(2)[np.zeros(400, int)], imbalanced, 2)["weak"]
+    # six samples: even full agreement cannot be told from chance, so nothing is called weak
+    tiny = agreement_check(np.eye(2)[[0, 1, 0, 1, 0, 1]], np.array([0, 0, 0, 1, 1, 1]), 2)
+    assert not tiny["testable"] and not tiny["weak"]
+
+
+def test_learning_curves_in_summary(tmp_path):
+    root = tmp_path / "data"
+    csv, _, _ = write_digits_folder(root, 0.2, 0, n=300)
+    cfg = ScanConfig(device="cpu", teacher=TeacherConfig(epochs=10, width=8))
+    res = scan(ScanInputs(images_dir=root / "images", labels_csv=csv), cfg, tmp_path / "run")
+    s = json.loads((tmp_path / "run" / "summary.json").read_text())
+    for fold in s["teacher"]["folds"]:
+        assert fold["recipe"] == "ce-warmup+gce" and fold["restarted"] is False and fold["stalled"] is False
+        curve = fold["attempts"][0]["curve"]
+        assert len(curve["train_loss"]) == len(curve["heldout_agreement"]) == 10
+    assert res.summary["teacher"]["folds"] == s["teacher"]["folds"]

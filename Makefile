@@ -25,6 +25,7 @@ test-all: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	$(BIN)/python examples/matrix.py $(MATRIX_ARGS)
 	$(BIN)/python examples/bench.py $(BENCH_ARGS)
 
 lint: $(STAMP)

@@ -167,6 +167,10 @@ def markdown(results: dict, command: str, total_s: float, repeats: int) -> str:
         for k, v in r.get("cleanlab", {}).items():
             if "f1" in v:
                 lines.append(f"| {name} | {k} | {v['precision']:.3f} | {v['recall']:.3f} | {v['f1']:.3f} | {fmt(v['auroc'])} |")
+    matrix = ROOT / "docs" / "matrix.md"  # written by examples/matrix.py, which make bench runs first
+    if matrix.is_file():
+        lines += ["", "## The no-images generalisation matrix (docs/matrix.md)", "",
+                  matrix.read_text().strip().replace("\n# ", "\n### ").removeprefix("# ")]
     notes = ROOT / "docs" / "experiments.md"
     if notes.is_file():
         lines += ["", notes.read_text().strip()]

@@ -23,7 +23,7 @@ old AND rule (Confident Learning allocation, argmax != given, GMM clean < 0.5) r
 carry more than the probabilities it beats Datalab(features) where the old rule fell 13% short.
 
 Memory is O(N (k + C)); the pool weights and temperature are fitted on a seeded sample of at
-most `fit_rows` rows, so the fit's cost does not grow with N.
+most max(20,000, 10^6 / C) rows, so the fit's cost does not grow with N.
 """
 
 from __future__ import annotations
@@ -160,7 +160,7 @@ def detect(
     extra: dict[str, np.ndarray] | None = None,
     gamma: float = 3.0,
     seed: int = 0,
-    fit_rows: int = 20_000,
+    fit_rows: int | None = None,
     rounds: int = 3,
     more_graphs: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> Detection:
@@ -178,6 +178,10 @@ def detect(
     n, c = probs.shape
     y = np.asarray(y, dtype=np.int64)
     rng = np.random.default_rng([seed, 2024])
+    # The likelihood surface over the pool weights is flat near its top: a 20,000-row sample of
+    # CIFAR-10S EfficientNet-B1 moved the weights 0.5/0.5 -> 0.3/0.7 and flag F1 0.957 -> 0.943.
+    # So fit on up to a million matrix entries (100,000 rows at C = 10), at least 20,000 rows.
+    fit_rows = fit_rows or max(20_000, 1_000_000 // max(c, 1))
     rows = np.sort(rng.choice(n, fit_rows, replace=False)) if n > fit_rows else np.arange(n)
     probs = np.asarray(probs, dtype=np.float64)
     base = [probs] + [np.asarray(v, dtype=np.float64) for v in (extra or {}).values()]

@@ -80,7 +80,8 @@ def sharpen(posterior: np.ndarray, sharpen_at: float, temperature: float) -> np.
 
 def ambiguity(soft: np.ndarray, p_lp: np.ndarray, probs: np.ndarray) -> np.ndarray:
     """0.5 H(r)/log C + 0.5 JS(graph || p)/log 2, in [0, 1]: how unsure the refined soft label r
-    is, plus how much the graph's view (`p_lp`: its neighbour vote) and the model disagree."""
+    is, plus how much the graph's view (`p_lp`: its neighbour vote) and the evidence `probs`
+    disagree."""
     c = soft.shape[1]
     a = 0.5 * _entropy(soft) / np.log(c) + 0.5 * js_divergence(p_lp, probs) / np.log(2)
     return np.clip(a, 0.0, 1.0).astype(np.float32)
@@ -160,7 +161,9 @@ def refine(run_dir: Path, cfg: RefineConfig | None = None, progress: Progress | 
         task.advance()
     clean = (1.0 - det.p_wrong).astype(np.float64)
     soft = sharpen(det.posterior, cfg.sharpen_at, cfg.temperature)
-    amb = ambiguity(soft, det.vote, probs)
+    # disagreement of the graph with the evidence actually trusted (the fitted pool), so a
+    # weak model that the pool outweighs does not make every row ambiguous
+    amb = ambiguity(soft, det.vote, det.evidence)
     quality = label_quality(det.evidence, y)
     flags = det.flags
     refined = soft.argmax(axis=1)

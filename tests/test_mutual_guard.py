@@ -10,9 +10,9 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+from conftest import run_cli, stderr_of
 
 import labelfix.distill as D
-from conftest import run_cli, stderr_of
 from labelfix.config import ScanConfig, TeacherConfig
 from labelfix.demo import write_digits_folder
 from labelfix.distill import DistillConfig, distill, mutual_guard

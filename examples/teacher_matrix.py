@@ -163,6 +163,8 @@ def teacher_accuracy(images, given, true, c, cfg, seed, device) -> dict:
         "stalled": int(sum(bool(f.get("stalled")) for f in folds)),
         "seconds": round(time.perf_counter() - t0, 1),
         "seconds_per_fold": [f.get("seconds") for f in folds],
+        # time spent scoring the learning-curve rows (part of seconds_per_fold)
+        "curve_seconds_per_fold": [round(sum(a.get("curve_seconds", 0.0) for a in f.get("attempts", [])), 2) for f in folds],
     }
 
 

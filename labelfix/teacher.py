@@ -102,20 +102,23 @@ def build_small_resnet(in_channels: int, num_classes: int, width: int = 32):
 # Batches from the on-disk image array
 
 
-# Input normalisation of the auto teacher: "fixed" maps [0, 1] to [-1, 1] for every data set
-# (per-channel statistics of the data gave near-zero spreads on almost constant channels);
-# "data" uses the per-channel mean and spread of a 4,096-image sample.
-NORMALISE = "fixed"
+# Input normalisation of the auto teacher, the same rule for every data set: "image" brings each
+# image and channel to zero mean and unit spread, so colour tints, inversion and contrast drop
+# out (26 tinted classes at 16 px, clean labels, 780 images: held-out accuracy 0.754, against
+# 0.103 for "fixed", which maps [0, 1] to [-1, 1] and let the model memorise colours); "data"
+# (before issue 10) uses the per-channel mean and spread of a 4,096-image sample.
+NORMALISE = "image"
 NORM_MEAN, NORM_STD = 0.5, 0.5
 
 
 class Batches:
     """Normalised float batches read from a (N, H, W, C) uint8 array."""
 
-    def __init__(self, images: np.ndarray, device: str, size: int | None = None, mean=None, std=None):
+    def __init__(self, images: np.ndarray, device: str, size: int | None = None, mean=None, std=None, per_image: bool = False):
         import torch
 
         self.images = images
+        self.per_image = per_image
         self.device = device
         self.size = size
         if mean is None:
@@ -138,6 +141,9 @@ class Batches:
         x = torch.from_numpy(arr[inv]).to(self.device).permute(0, 3, 1, 2).float().div_(255.0)
         if self.size and x.shape[-1] != self.size:
             x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
+        if self.per_image:  # each image and channel to zero mean, unit spread: tint and contrast drop out
+            x = x - x.mean(dim=(2, 3), keepdim=True)
+            return x / x.std(dim=(2, 3), keepdim=True).clamp_min(0.02)
         return (x - self.mean) / self.std
 
 
@@ -335,6 +341,7 @@ def _train_fold(model, batches: Batches, train_idx, y, num_classes, cfg: Teacher
     chance = majority_share(y[train_idx], num_classes)
     curve = {"epoch": [], "loss": [], "train_loss": [], "train_agreement": [], "heldout_agreement": []}
     stalled_at = None
+    curve_seconds = 0.0
     model.train()
     for epoch in range(epochs):
         loss_name = "ce" if epoch < warm else recipe.loss
@@ -376,11 +383,13 @@ def _train_fold(model, batches: Batches, train_idx, y, num_classes, cfg: Teacher
         curve["train_loss"].append(round(total / max(count, 1), 4))
         curve["train_agreement"].append(round(hits / max(count, 1), 4))
         if curve_idx is not None and len(curve_idx):
+            tc = time.perf_counter()
             model.eval()
             outs = _infer(model, batches, curve_idx, cfg.batch_size * 2, precision=precision)
             pred = torch.cat([o.float() for o in outs]).argmax(1).cpu().numpy()
             curve["heldout_agreement"].append(round(float((pred == y[curve_idx]).mean()), 4))
             model.train()
+            curve_seconds += time.perf_counter() - tc
         if epoch + 1 in (check_at, epochs) and not clearly_above_chance(hits, count, chance):
             stalled_at = epoch + 1
             if stop_early or epoch + 1 == epochs:
@@ -399,6 +408,7 @@ def _train_fold(model, batches: Batches, train_idx, y, num_classes, cfg: Teacher
         "stalled_at_epoch": stalled_at,
         "curve": curve,
         "seconds": round(time.perf_counter() - t0, 2),
+        "curve_seconds": round(curve_seconds, 2),
     }
 
 
@@ -444,7 +454,10 @@ def train_auto_teacher(
     progress = progress or NullProgress()
     n = len(y)
     folds = fold_assignment(n, cfg.folds, seed)
-    batches = Batches(images, device, mean=NORM_MEAN, std=NORM_STD) if NORMALISE == "fixed" else Batches(images, device)
+    batches = (
+        Batches(images, device, mean=NORM_MEAN, std=NORM_STD, per_image=NORMALISE == "image")
+        if NORMALISE in ("fixed", "image") else Batches(images, device)
+    )
     precision = resolve_precision(device, cfg.precision)
     probs = np.zeros((n, num_classes), dtype=np.float32)
     feats = []

@@ -114,6 +114,7 @@ def scan(
     device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
     seed: Annotated[int, typer.Option(help="Seed for every random choice.")] = 0,
     fail_above: Annotated[Optional[float], typer.Option("--fail-above", help="Exit 10 if the estimated share of wrong labels exceeds this.")] = None,
+    allow_weak_teacher: Annotated[bool, typer.Option("--allow-weak-teacher", help="Write flags even when the teacher is at chance (else exit 5, nothing written).")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout instead of a table.")] = False,
 ) -> None:
     """Embed with a teacher, build a kNN graph, estimate noise and flag likely wrong labels."""
@@ -128,7 +129,7 @@ def scan(
         _fail(InputError(f"{out}: --out exists and is not a directory"))
     try:
         cfg = ScanConfig(
-            k=k, seed=seed, device=device,
+            k=k, seed=seed, device=device, allow_weak_teacher=allow_weak_teacher,
             teacher=TeacherConfig(teacher=teacher, weights=weights, arch=arch, folds=folds, epochs=epochs, image_size=image_size,
                                   loss=teacher_loss, augment=augment, width=width, precision=precision),
         )

@@ -90,9 +90,14 @@ class TeacherConfig:
 
 @dataclass(frozen=True)
 class ScanConfig:
-    """Graph, selection and flagging settings of `scan`."""
+    """Graph, selection and flagging settings of `scan`.
+
+    allow_weak_teacher: write flags even when the probabilities are not clearly above chance
+        (otherwise scan stops with exit code 5 and writes nothing).
+    """
 
     k: int = 20
+    allow_weak_teacher: bool = False
     gamma: float = 3.0
     alpha: float = 0.99
     seed: int = 0

@@ -6,6 +6,9 @@ Exit codes (documented in the README):
     2  bad input: a file, row, column or flag at fault (also typer's usage errors)
     3  a teacher or its weights cannot be had (offline, missing checkpoint)
     4  the run directory is missing files or was written by another labelfix version
+    5  the teacher's out-of-sample agreement with the given labels is not clearly above chance
+       (the majority-class share): its flags would be noise, so none are written
+       (`--allow-weak-teacher` writes them, marked)
     10 the `--fail-above` gate tripped: estimated share of wrong labels above the threshold
 """
 
@@ -34,6 +37,12 @@ class RunDirError(LabelfixError):
     """A run directory is missing files or comes from an incompatible labelfix version."""
 
     exit_code = 4
+
+
+class WeakTeacher(LabelfixError):
+    """The probabilities (auto teacher, pretrained teacher or --pred-probs) are at chance."""
+
+    exit_code = 5
 
 
 class GateFailed(LabelfixError):

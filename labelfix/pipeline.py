@@ -23,7 +23,7 @@ from .data import (
     sha256_file,
     sha256_json,
 )
-from .errors import InputError
+from .errors import InputError, WeakTeacher
 from .outputs import atomic_save_npy, atomic_write_json, staged_run, write_parquet
 from .progress import NullProgress, Progress
 
@@ -112,7 +112,7 @@ def scan(inputs: ScanInputs, cfg: ScanConfig, out: Path, progress: Progress | No
     from .graph import build_knn
     from .scoring import alternative_label, label_quality
     from .selection import confident_joint, per_sample_loss, small_loss_mask
-    from .teacher import TeacherOutput, run_teacher
+    from .teacher import TeacherOutput, agreement_check, run_teacher, weak_teacher_message
 
     progress = progress or NullProgress()
     cfg.validate()
@@ -197,6 +197,30 @@ def scan(inputs: ScanInputs, cfg: ScanConfig, out: Path, progress: Progress | No
             teacher_stats = dict(teacher.stats, cache=f"cache/teacher-{key}")
             del images
 
+        # The weak-teacher gate, for every source of probabilities: flags from probabilities that
+        # agree with the given labels no better than the largest class would be noise.
+        warnings = []
+        check = agreement_check(teacher.probs, y, c)
+        source = (
+            "the --pred-probs probabilities" if inputs.pred_probs is not None
+            else "the auto teacher's out-of-sample probabilities" if cfg.teacher.teacher == "auto"
+            else f"the --teacher {cfg.teacher.teacher} probabilities"
+        )
+        if check["weak"]:
+            if not cfg.allow_weak_teacher:
+                raise WeakTeacher(weak_teacher_message(check, source))
+            warnings.append(weak_teacher_message(check, source, allowed=True))
+        elif not check["testable"]:
+            warnings.append(
+                f"with {check['samples']} samples no teacher can be told apart from chance (the majority-class "
+                f"share, {check['chance']:.1%}): the weak-teacher check was skipped; flags are unreliable"
+            )
+        for fold in teacher_stats.get("folds", []):
+            if fold.get("stalled"):
+                warnings.append(
+                    f"teacher fold {fold['fold'] + 1} stalled (its training agreement with its labels stayed near the "
+                    "majority-class share): see teacher.folds in summary.json"
+                )
         probs, emb = teacher.probs, teacher.embeddings
         with timer("graph"):
             graph = build_knn(emb, cfg.k, device, progress=progress)
@@ -214,15 +238,6 @@ def scan(inputs: ScanInputs, cfg: ScanConfig, out: Path, progress: Progress | No
             score = det.p_wrong
             suggested = np.where(flags, alternative_label(det.posterior, y), y)
 
-        warnings = []
-        agreement = float((probs.argmax(1) == y).mean())
-        chance = float(np.max(np.bincount(y, minlength=c)) / len(y))
-        if agreement < min(0.95, 1.5 * chance):
-            warnings.append(
-                f"the teacher agrees with the given labels on {agreement:.1%} of held-out samples, near chance "
-                f"({chance:.1%}): flags and suggestions are unreliable; use a stronger teacher (more data, "
-                "--epochs, a pretrained --teacher) or --pred-probs from a model you trust"
-            )
         names = np.array(labels.class_names, dtype=object)
         table = {
             "path": labels.paths.astype(str),
@@ -292,6 +307,8 @@ def scan(inputs: ScanInputs, cfg: ScanConfig, out: Path, progress: Progress | No
             },
             "teacher": teacher_stats,
             "teacher_heldout_agreement_with_given": round(float((probs.argmax(1) == y).mean()), 4),
+            "teacher_check": check,
+            "weak_teacher": check["weak"],
             "graph": {"k": int(graph.ids.shape[1]), "index": graph.index_kind,
                       "built_from": "pred_probs" if graph_from_probs else "embeddings"},
             "warnings": warnings,

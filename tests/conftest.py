@@ -19,7 +19,10 @@ from typer.testing import CliRunner
 import labelfix.cli
 
 # Small teacher settings: the CLI has no --width, so CLI runs use the default width with 2 epochs.
-FAST_CLI = ["--epochs", "2", "--folds", "2", "--device", "cpu"]
+# Two epochs on 100-200 digits per fold leave the teacher near chance, which scan now refuses
+# (exit 5); these tests are about scan's mechanics, so they write the outputs anyway. The gate
+# itself is tested in test_teacher_robust.py, and flag quality in test_demo.py and test_pred_probs.py.
+FAST_CLI = ["--epochs", "2", "--folds", "2", "--device", "cpu", "--allow-weak-teacher"]
 
 
 def make_runner() -> CliRunner:

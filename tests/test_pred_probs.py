@@ -84,6 +84,9 @@ def test_shuffled_labels_score_far_lower(synthetic, tmp_path):
     np.save(tmp_path / "shuffled.npy", probs[rng.permutation(N)])
     out = tmp_path / "out"
     r = run_cli(["scan", "--labels", csv, "--pred-probs", tmp_path / "shuffled.npy", "--out", out])
+    assert r.exit_code == 5, stderr_of(r)  # probabilities at chance: the weak-teacher gate stops it
+    assert not (out / "scan.parquet").exists()
+    r = run_cli(["scan", "--labels", csv, "--pred-probs", tmp_path / "shuffled.npy", "--out", out, "--allow-weak-teacher"])
     assert r.exit_code == 0, stderr_of(r)
     flags = pq.read_table(out / "scan.parquet").column("is_issue").to_numpy(zero_copy_only=False)
     assert precision_recall_f1(flags, flip)["f1"] < 0.5

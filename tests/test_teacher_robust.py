@@ -101,3 +101,69 @@ def test_learning_curves_in_summary(tmp_path):
         curve = fold["attempts"][0]["curve"]
         assert len(curve["train_loss"]) == len(curve["heldout_agreement"]) == 10
     assert res.summary["teacher"]["folds"] == s["teacher"]["folds"]
+
+
+def _probs_run(tmp_path, n=600, c=5, informative=False, seed=0):
+    """Labels CSV + (N, C) probabilities that either know the labels or are pure noise."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, c, n)
+    probs = rng.dirichlet(np.ones(c), n)
+    if informative:
+        probs[np.arange(n), y] += 2.0
+        probs /= probs.sum(1, keepdims=True)
+    csv = tmp_path / "labels.csv"
+    csv.write_text("path,label\n" + "".join(f"r{i},{v}\n" for i, v in enumerate(y)))
+    np.save(tmp_path / "probs.npy", probs)
+    return csv, tmp_path / "probs.npy"
+
+
+def test_weak_teacher_stops_the_scan_with_exit_5_and_writes_nothing(tmp_path):
+    from conftest import run_cli, stderr_of
+
+    csv, probs = _probs_run(tmp_path)
+    out = tmp_path / "run"
+    res = run_cli(["scan", "--labels", csv, "--pred-probs", probs, "--out", out])
+    assert res.exit_code == 5, stderr_of(res)
+    err = stderr_of(res).strip()
+    assert "not clearly above chance" in err and "--allow-weak-teacher" in err and len(err.splitlines()) == 1
+    assert not (out / "scan.parquet").exists() and not (out / "summary.json").exists()
+
+
+def test_allow_weak_teacher_writes_marked_outputs(tmp_path):
+    import json
+
+    from conftest import run_cli, stderr_of
+
+    csv, probs = _probs_run(tmp_path)
+    out = tmp_path / "run"
+    res = run_cli(["scan", "--labels", csv, "--pred-probs", probs, "--out", out, "--allow-weak-teacher"])
+    assert res.exit_code == 0, stderr_of(res)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["weak_teacher"] is True and summary["teacher_check"]["weak"] is True
+    assert any("--allow-weak-teacher" in w for w in summary["warnings"])
+
+
+def test_informative_probabilities_pass_the_gate(tmp_path):
+    import json
+
+    from conftest import run_cli, stderr_of
+
+    csv, probs = _probs_run(tmp_path, informative=True)
+    out = tmp_path / "run"
+    res = run_cli(["scan", "--labels", csv, "--pred-probs", probs, "--out", out])
+    assert res.exit_code == 0, stderr_of(res)
+    assert json.loads((out / "summary.json").read_text())["weak_teacher"] is False
+
+
+def test_auto_teacher_on_random_labels_exits_5(tmp_path):
+    """400 digits with labels drawn at random (the 90%-noise case): the auto teacher cannot
+    beat chance, so the scan stops instead of writing flags."""
+    from conftest import FAST_CLI, run_cli, stderr_of
+
+    from labelfix.demo import write_digits_folder
+
+    csv, y, noisy = write_digits_folder(tmp_path / "d", 0.9, 0, n=400)
+    out = tmp_path / "run"
+    res = run_cli(["scan", tmp_path / "d" / "images", "--labels", csv, "--out", out, *FAST_CLI])
+    assert res.exit_code == 5, stderr_of(res)
+    assert not (out / "scan.parquet").exists()

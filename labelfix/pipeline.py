@@ -300,7 +300,7 @@ def scan(inputs: ScanInputs, cfg: ScanConfig, out: Path, progress: Progress | No
                 "values": np.round(_posterior_matrix(y, det.posterior, c), 4),
             },
             "confident_joint": {
-                "description": "Confident Learning's calibrated estimate (drives the flag allocation)",
+                "description": "Confident Learning's calibrated estimate of the teacher probabilities (the noise model's starting T)",
                 "noise_rate": round(noise.overall, 4),
                 "per_class": np.round(noise.rates, 4),
                 "matrix": np.round(noise.matrix, 4),

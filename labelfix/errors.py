@@ -7,7 +7,7 @@ Exit codes (documented in the README):
     3  a teacher or its weights cannot be had (offline, missing checkpoint)
     4  the run directory is missing files or was written by another labelfix version
     5  the teacher's out-of-sample agreement with the given labels is not clearly above chance
-       (the majority-class share): its flags would be noise, so none are written
+       (predictions unrelated to the labels): its flags would be noise, so none are written
        (`--allow-weak-teacher` writes them, marked)
     10 the `--fail-above` gate tripped: estimated share of wrong labels above the threshold
 """

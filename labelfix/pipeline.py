@@ -197,23 +197,34 @@ def scan(inputs: ScanInputs, cfg: ScanConfig, out: Path, progress: Progress | No
             teacher_stats = dict(teacher.stats, cache=f"cache/teacher-{key}")
             del images
 
-        # The weak-teacher gate, for every source of probabilities: flags from probabilities that
-        # agree with the given labels no better than the largest class would be noise.
+        probs, emb = teacher.probs, teacher.embeddings
+        with timer("graph"):
+            graph = build_knn(emb, cfg.k, device, progress=progress)
+        # The weak-teacher gate, for every source of probabilities: flags from evidence that agrees
+        # with the given labels no better than chance would be noise. With --embeddings the
+        # graph's vote of the neighbours' labels is a second, independent source: the run is weak
+        # only when both are (uniform probabilities with informative embeddings are a good run).
         warnings = []
-        check = agreement_check(teacher.probs, y, c)
+        check = agreement_check(probs, y, c)
         source = (
             "the --pred-probs probabilities" if inputs.pred_probs is not None
             else "the auto teacher's out-of-sample probabilities" if cfg.teacher.teacher == "auto"
             else f"the --teacher {cfg.teacher.teacher} probabilities"
         )
+        if inputs.embeddings is not None:
+            from .detect import neighbour_vote
+
+            vote = agreement_check(neighbour_vote(graph.ids, graph.sims, y, c, np.ones(len(y)), cfg.gamma), y, c)
+            check = dict(check, embedding_vote=vote, weak=bool(check["weak"] and vote["weak"]))
+            source += " and the --embeddings neighbours' labels"
         if check["weak"]:
             if not cfg.allow_weak_teacher:
                 raise WeakTeacher(weak_teacher_message(check, source))
             warnings.append(weak_teacher_message(check, source, allowed=True))
         elif not check["testable"]:
             warnings.append(
-                f"with {check['samples']} samples no teacher can be told apart from chance (the majority-class "
-                f"share, {check['chance']:.1%}): the weak-teacher check was skipped; flags are unreliable"
+                f"with {check['samples']} samples no teacher can be told apart from chance ({check['chance']:.1%}): "
+                "the weak-teacher check was skipped; flags are unreliable"
             )
         for fold in teacher_stats.get("folds", []):
             if fold.get("stalled"):
@@ -221,9 +232,6 @@ def scan(inputs: ScanInputs, cfg: ScanConfig, out: Path, progress: Progress | No
                     f"teacher fold {fold['fold'] + 1} stalled (its training agreement with its labels stayed near the "
                     "majority-class share): see teacher.folds in summary.json"
                 )
-        probs, emb = teacher.probs, teacher.embeddings
-        with timer("graph"):
-            graph = build_knn(emb, cfg.k, device, progress=progress)
         with timer("selection"):
             noise = confident_joint(probs, y)
             small = small_loss_mask(per_sample_loss(probs, y), y, noise.rates)

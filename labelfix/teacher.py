@@ -213,26 +213,33 @@ def clearly_above_chance(hits: int, n: int, p0: float, alpha: float = CLEARLY_AB
 def agreement_check(probs: np.ndarray, y: np.ndarray, num_classes: int, alpha: float = CLEARLY_ABOVE_P) -> dict:
     """The weak-teacher test of any source of out-of-sample probabilities.
 
-    Chance is the majority-class share (what always predicting the largest class agrees);
-    the teacher is weak when its agreement with the given labels is not clearly above it:
-    one-sided binomial P(X >= hits | n, chance) >= alpha. When even full agreement could not
-    pass (chance ** n >= alpha: a handful of samples), the test is `testable: False` and
-    never calls a teacher weak.
+    Chance is the agreement that predictions independent of the labels would reach with the
+    same class frequencies (Cohen's kappa's chance term, sum_k P(predicted k) P(given k)); for a
+    predictor that always says the largest class it is the majority-class share. The teacher is
+    weak when its agreement with the given labels is not clearly above it: one-sided binomial
+    P(X >= hits | n, chance) >= alpha. The majority-class share alone (used before) refused good
+    teachers on imbalanced data (93/7 classes, 3% noise, AUROC 0.97) and on 2-3 classes with
+    heavy noise. When even full agreement could not pass (chance ** n >= alpha: a handful of
+    samples), the test is `testable: False` and never calls a teacher weak.
     """
     n = int(len(y))
-    hits = int((np.asarray(probs).argmax(1) == y).sum())
-    chance = majority_share(y, num_classes)
+    pred = np.asarray(probs).argmax(1)
+    hits = int((pred == y).sum())
+    q = np.bincount(pred, minlength=num_classes) / max(n, 1)
+    g = np.bincount(y, minlength=num_classes) / max(n, 1)
+    chance = float(np.dot(q, g))
     p = binomial_excess_p(hits, n, chance)
     testable = binomial_excess_p(n, n, chance) < alpha
     return {
         "agreement": round(hits / max(n, 1), 4),
         "chance": round(chance, 4),
+        "majority_share": round(majority_share(y, num_classes), 4),
         "samples": n,
         "p_value": float(f"{p:.3g}"),
         "alpha": alpha,
         "testable": bool(testable),
         "weak": bool(testable and p >= alpha),
-        "test": "one-sided binomial: P(X >= agreeing samples | n, majority-class share)",
+        "test": "one-sided binomial: P(X >= agreeing samples | n, chance = sum_k P(predicted k) P(given k))",
     }
 
 
@@ -240,7 +247,7 @@ def weak_teacher_message(check: dict, source: str, allowed: bool = False) -> str
     """One line for WeakTeacher and for the summary warning; `source` names the probabilities."""
     return (
         f"{source} agree with the given labels on {check['agreement']:.1%} of {check['samples']} held-out samples, "
-        f"not clearly above chance (the majority-class share, {check['chance']:.1%}; one-sided binomial "
+        f"not clearly above chance ({check['chance']:.1%}, what predictions unrelated to the labels would agree; one-sided binomial "
         f"p = {check['p_value']:.2g} >= {check['alpha']:g}): flags and suggestions "
         + ("are noise (written anyway: --allow-weak-teacher)" if allowed else
            "would be noise; use a stronger teacher (more data or --epochs, a pretrained --teacher, --pred-probs from "

@@ -168,3 +168,33 @@ def test_auto_teacher_on_random_labels_exits_5(tmp_path):
     res = run_cli(["scan", tmp_path / "d" / "images", "--labels", csv, "--out", out, *fast])
     assert res.exit_code == 5, stderr_of(res)
     assert not (out / "scan.parquet").exists()
+
+
+def test_informative_embeddings_rescue_uniform_probabilities(tmp_path):
+    """Probabilities at chance but embeddings that know the classes: the embedding neighbours'
+    labels are a second source, so the gate lets the run through (and the flags are good)."""
+    import json
+
+    from conftest import run_cli, stderr_of
+
+    rng = np.random.default_rng(0)
+    n, c = 600, 5
+    yt = rng.integers(0, c, n)
+    y = yt.copy()
+    flip = rng.random(n) < 0.2
+    y[flip] = (yt[flip] + rng.integers(1, c, flip.sum())) % c
+    (tmp_path / "labels.csv").write_text("path,label\n" + "".join(f"r{i},{v}\n" for i, v in enumerate(y)))
+    np.save(tmp_path / "probs.npy", np.full((n, c), 1.0 / c))
+    centres = rng.normal(0, 4, (c, 16))
+    np.save(tmp_path / "emb.npy", (centres[yt] + rng.normal(0, 1, (n, 16))).astype(np.float32))
+    out = tmp_path / "run"
+    res = run_cli(["scan", "--labels", tmp_path / "labels.csv", "--pred-probs", tmp_path / "probs.npy",
+                   "--embeddings", tmp_path / "emb.npy", "--out", out])
+    assert res.exit_code == 0, stderr_of(res)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["weak_teacher"] is False and summary["teacher_check"]["embedding_vote"]["weak"] is False
+    import pyarrow.parquet as pq
+
+    flags = pq.read_table(out / "scan.parquet").column("is_issue").to_numpy()
+    tp = (flags & flip).sum()
+    assert 2 * tp / (flags.sum() + flip.sum()) > 0.9

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import ScanConfig
-from .errors import InputError
+from .errors import InputError, WeakTeacher
 from .metrics import auroc, precision_recall_f1
 from .noise import FASHION_MNIST_PAIRS, inject
 from .outputs import atomic_write_json, list_column
@@ -58,16 +58,37 @@ def cleanlab_variants(y: np.ndarray, probs: np.ndarray, emb: np.ndarray | None, 
             from cleanlab import Datalab
 
             t = time.perf_counter()
-            lab = Datalab(data={"label": y}, label_name="label", verbosity=0)
-            lab.find_issues(features=np.asarray(emb, dtype=np.float32), issue_types={"label": {}})
-            issues = lab.get_issues("label")
-            out["cleanlab Datalab(features)"] = dict(
-                _scores(issues["is_label_issue"].to_numpy(), 1 - issues["label_score"].to_numpy(), truth),
-                seconds=round(time.perf_counter() - t, 2),
-            )
+            feats = np.asarray(emb, dtype=np.float32)
+            issues, note = _datalab_label_issues(Datalab, y, feats), None
+            if issues is None:
+                # Datalab's kNN "out-of-sample" correction assumes each point is its own nearest
+                # neighbour; exact duplicate features (binarised digits) break that and it fails with
+                # "Values in pred_probs must be between 0 and 1". A seeded 1e-6 jitter breaks the ties.
+                jitter = np.random.default_rng(0).normal(scale=1e-6, size=feats.shape)
+                issues = _datalab_label_issues(Datalab, y, feats.astype(np.float64) + jitter)
+                note = "exact duplicate features: Datalab failed, rerun with a 1e-6 jitter"
+            if issues is None:
+                out["cleanlab Datalab(features)"] = {"skipped": "Datalab found no label issues result (failed)"}
+            else:
+                out["cleanlab Datalab(features)"] = dict(
+                    _scores(issues["is_label_issue"].to_numpy(), 1 - issues["label_score"].to_numpy(), truth),
+                    seconds=round(time.perf_counter() - t, 2),
+                )
+                if note:
+                    out["cleanlab Datalab(features)"]["note"] = note
         except ImportError:
             out["cleanlab Datalab(features)"] = {"skipped": "pip install 'cleanlab[datalab]'"}
     return out
+
+
+def _datalab_label_issues(Datalab, y: np.ndarray, feats: np.ndarray):
+    """Datalab's label issues from `feats`, or None when its label check failed."""
+    lab = Datalab(data={"label": y}, label_name="label", verbosity=0)
+    lab.find_issues(features=feats, issue_types={"label": {}})
+    try:
+        return lab.get_issues("label")
+    except ValueError:
+        return None
 
 
 def _evaluate_run(run: Path, y_noisy: np.ndarray, y_true: np.ndarray, compare: bool) -> dict:
@@ -89,6 +110,7 @@ def _evaluate_run(run: Path, y_noisy: np.ndarray, y_true: np.ndarray, compare: b
         "estimated_noise_rate": summary["estimated_noise_rate"],
         "labelfix flags": _scores(scan_df["is_issue"].to_numpy(), scan_df["issue_score"].to_numpy(), truth),
         "labelfix refined != given": _scores(refined != y_noisy, 1 - soft[np.arange(len(y_noisy)), y_noisy], truth),
+        "flagged_share": round(float(scan_df["is_issue"].to_numpy().mean()), 4),
         "given_accuracy": round(float((~truth).mean()), 4),
         "refined_accuracy": round(float((~wrong_refined).mean()), 4),
         "teacher_accuracy": round(float((list_column(scan_df, "teacher_probs").argmax(1) == y_true).mean()), 4),
@@ -119,9 +141,12 @@ def bench_images(
     compare: bool = True,
     progress: Progress | None = None,
     image_dir: Path | None = None,
+    record_weak_teacher: bool = False,
 ) -> dict:
     """Write `images` (N, H, W[, C]) uint8 as PNGs with injected noisy labels, scan and refine
-    them with the real pipeline, and score the result. `image_dir` lets several rows share PNGs."""
+    them with the real pipeline, and score the result. `image_dir` lets several rows share PNGs.
+    `record_weak_teacher`: when scan stops with WeakTeacher (exit 5), return (and write to
+    bench.json) a row saying so instead of raising."""
     from PIL import Image
 
     from .pipeline import ScanInputs, scan
@@ -148,7 +173,15 @@ def bench_images(
     pd.DataFrame({"path": names, "label": [class_names[v] for v in y_noisy]}).to_csv(work / "labels.csv", index=False)
     run = work / "run"
     t = time.perf_counter()
-    result = scan(ScanInputs(images_dir=img_dir, labels_csv=work / "labels.csv"), cfg, run, progress)
+    try:
+        result = scan(ScanInputs(images_dir=img_dir, labels_csv=work / "labels.csv"), cfg, run, progress)
+    except WeakTeacher as e:
+        if not record_weak_teacher:
+            raise
+        row = weak_teacher_row(str(e), y_noisy, y_true)
+        row.update({"noise": noise, "rate": rate, "scan_wall_s": round(time.perf_counter() - t, 1), "png_write_s": round(write_s, 1)})
+        atomic_write_json(work / "bench.json", row)
+        return row
     scan_s = time.perf_counter() - t
     refine(run, progress=progress)
     index = {n: j for j, n in enumerate(result.summary["class_names"])}
@@ -157,6 +190,20 @@ def bench_images(
     row.update({"noise": noise, "rate": rate, "scan_wall_s": round(scan_s, 1), "png_write_s": round(write_s, 1)})
     atomic_write_json(work / "bench.json", row)
     return row
+
+
+def weak_teacher_row(message: str, y_noisy: np.ndarray, y_true: np.ndarray) -> dict:
+    """The row of a benchmark whose scan stopped with WeakTeacher (exit 5): nothing to score."""
+    truth = np.asarray(y_noisy) != np.asarray(y_true)
+    return {
+        "outcome": f"weak teacher (exit {WeakTeacher.exit_code})",
+        "weak_teacher": True,
+        "message": message,
+        "samples": int(len(y_true)),
+        "actual_noise_rate": round(float(truth.mean()), 4),
+        "given_accuracy": round(float((~truth).mean()), 4),
+        "seconds": {},
+    }
 
 
 def bench_pred_probs(

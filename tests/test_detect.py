@@ -93,3 +93,17 @@ def test_transition_rows_are_distributions():
     t = transition_from_joint(joint)
     assert np.allclose(t.sum(1), 1.0)
     assert t[2, 2] == 1.0  # a class nobody truly belongs to is assumed clean
+
+
+def test_flat_evidence_flags_nothing():
+    """Uniform probabilities and a graph that carries nothing: every P(wrong) is the same small
+    number, and a flag must still mean 'probably wrong' (the plug-in F1 optimum alone flagged
+    almost every row here)."""
+    rng = np.random.default_rng(3)
+    n, c = 1000, 5
+    y = rng.integers(0, c, n)
+    probs = np.full((n, c), 1.0 / c)
+    g = build_knn(rng.normal(size=(n, 8)).astype(np.float32), 10)
+    det = detect(probs, y, g.ids, g.sims, graph_independent=True)
+    assert det.threshold >= 0.5
+    assert det.flags.mean() <= det.p_wrong.mean() + 0.05

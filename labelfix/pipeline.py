@@ -199,7 +199,16 @@ def scan(inputs: ScanInputs, cfg: ScanConfig, out: Path, progress: Progress | No
 
         probs, emb = teacher.probs, teacher.embeddings
         with timer("graph"):
-            graph = build_knn(emb, cfg.k, device, progress=progress)
+            if inputs.pred_probs is None and cfg.teacher.teacher == "auto":
+                from .graph import build_knn_out_of_fold
+                from .teacher import fold_assignment
+
+                # the auto teacher's features are trained on half the labels: link rows only in
+                # the space of the fold model that never saw them (graph.build_knn_out_of_fold)
+                graph = build_knn_out_of_fold(emb, fold_assignment(len(y), cfg.teacher.folds, cfg.seed), cfg.k,
+                                               device, progress=progress)
+            else:
+                graph = build_knn(emb, cfg.k, device, progress=progress)
         # The weak-teacher gate, for every source of probabilities: flags from evidence that agrees
         # with the given labels no better than chance would be noise. With --embeddings the
         # graph's vote of the neighbours' labels is a second, independent source: the run is weak

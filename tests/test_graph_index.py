@@ -63,3 +63,27 @@ def test_auto_teacher_on_cuda(tmp_path):
     assert out.probs.shape == (600, 3) and out.embeddings.shape[0] == 600
     np.testing.assert_allclose(out.probs.sum(1), 1.0, atol=1e-4)
     assert (out.probs.argmax(1) == y).mean() > 0.8
+
+
+def test_out_of_fold_graph_uses_each_rows_own_fold_block():
+    """Row i of fold f is linked in block f only: a second block that would pull it elsewhere
+    (as a model trained on its label would) must not matter."""
+    from labelfix.graph import build_knn, build_knn_out_of_fold
+
+    rng = np.random.default_rng(0)
+    n, d = 200, 8
+    folds = np.arange(n) % 2
+    a = rng.normal(size=(n, d)).astype(np.float32)
+    b = rng.normal(size=(n, d)).astype(np.float32)
+    g = build_knn_out_of_fold(np.concatenate([a, b], axis=1), folds, 5)
+    assert g.ids.shape == (n, 5) and (g.ids != np.arange(n)[:, None]).all()
+    for block, f in ((a, 0), (b, 1)):
+        rows = np.flatnonzero(folds == f)
+        normed = block / np.linalg.norm(block, axis=1, keepdims=True)
+        ref = build_knn(normed, 5, rows=rows)
+        assert (g.ids[rows] == ref.ids).all()
+        np.testing.assert_allclose(g.sims[rows], ref.sims, atol=1e-5)
+    # a subset query returns the same neighbours as the full graph for those rows
+    full = build_knn(a / np.linalg.norm(a, axis=1, keepdims=True), 5)
+    part = build_knn(a / np.linalg.norm(a, axis=1, keepdims=True), 5, rows=np.array([3, 7, 150]))
+    assert (part.ids == full.ids[[3, 7, 150]]).all()

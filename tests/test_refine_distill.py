@@ -46,9 +46,11 @@ def test_refine_outputs(digits_run, tmp_path):
     assert df["ambiguity"].between(0, 1).all()
     assert set(df["action"]) <= {"keep", "relabel", "review"}
     assert (df.loc[df["action"] == "review", "weight"] == 0).all()
-    # refined labels are more accurate than the given ones
+    # refined labels beat both sources of evidence, the given labels and the teacher's argmax
+    # (issue 10's floor), here with a 5-point margin
     refined = soft.argmax(1)
-    assert (refined == y).mean() > (noisy == y).mean() + 0.1
+    teacher = np.stack(pd.read_parquet(run / "scan.parquet")["teacher_probs"].to_numpy()).argmax(1)
+    assert (refined == y).mean() > max((noisy == y).mean(), (teacher == y).mean()) + 0.05
     # labels.refined.csv: same rows and columns, labels replaced only on relabel rows
     user = pd.read_csv(root / "data" / "labels.csv", dtype=str)
     out = pd.read_csv(run / "labels.refined.csv", dtype=str)
@@ -176,7 +178,7 @@ def test_bench_beats_label_agnostic_baseline(tmp_path):
     random_flags = rng.random(400) < truth_rate  # label-agnostic: independent of the labels
     baseline = precision_recall_f1(random_flags, truth)["f1"]
     assert row["labelfix flags"]["f1"] >= baseline + 0.4
-    assert row["refined_accuracy"] > row["given_accuracy"] + 0.10
+    assert row["refined_accuracy"] > max(row["given_accuracy"], row["teacher_accuracy"]) + 0.05
     assert "cleanlab prune_by_noise_rate" in row["cleanlab"]
     assert (tmp_path / "bench.json").is_file()
 

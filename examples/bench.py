@@ -381,7 +381,7 @@ def quote_in_readme(md: str) -> None:
         if not ln.startswith("|"):
             break
         table.append(ln)
-    meta = [ln for ln in lines if ln.startswith(("- command:", "- date:", "- machine:", "- total time:"))]
+    meta = [ln for ln in lines[:first] if ln.startswith(("- command:", "- date:", "- machine:", "- total time:"))]
     block = "\n".join([start, "Quoted from `docs/benchmarks.md` by `make bench`:", "", *meta, "", *table, end])
     head, rest = text.split(start, 1)
     tail = rest.split(end, 1)[1]

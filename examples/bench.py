@@ -118,15 +118,9 @@ def build_image_set(name: str, seed: int) -> tuple[np.ndarray, np.ndarray, list[
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}"
+    from labelfix.bench import machine_description
+
+    return machine_description()
 
 
 def versions() -> str:

@@ -287,15 +287,9 @@ def variant_table(results: list[dict]) -> list[str]:
 
 
 def machine() -> str:
-    cpu = platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}"
+    from labelfix.bench import machine_description
+
+    return f"{machine_description()}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}"
 
 
 def versions() -> str:

@@ -262,3 +262,19 @@ def load_npz(path: Path, n: int | None, seed: int) -> tuple[np.ndarray, np.ndarr
 def default_pairs(class_names: list[str]) -> dict[int, int] | None:
     fashion = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
     return FASHION_MNIST_PAIRS if list(class_names) == fashion else None
+
+
+def machine_description() -> str:
+    """CPU model, core count and OS, for the benchmark documents."""
+    import os
+    import platform
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}"

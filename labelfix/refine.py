@@ -56,6 +56,10 @@ class RefineConfig:
             raise InputError(f"--rounds must be >= 1 (got {self.rounds})")
         if not 0.0 < self.temperature <= 1.0:
             raise InputError(f"--temperature must be in (0, 1] (got {self.temperature})")
+        if not 0.0 <= self.relabel_min_confidence <= 1.0:
+            raise InputError(f"--min-confidence must be in [0, 1] (got {self.relabel_min_confidence})")
+        if not 0.0 <= self.relabel_max_ambiguity <= 1.0:
+            raise InputError(f"--max-ambiguity must be in [0, 1] (got {self.relabel_max_ambiguity})")
 
 
 def _entropy(p: np.ndarray) -> np.ndarray:

@@ -92,6 +92,8 @@ class TeacherConfig:
 class ScanConfig:
     """Graph, selection and flagging settings of `scan`.
 
+    k: neighbours per row in the kNN graph.
+    gamma: exponent of the neighbour weights max(0, cosine)^gamma in the graph's vote.
     allow_weak_teacher: write flags even when the probabilities are not clearly above chance
         (otherwise scan stops with exit code 5 and writes nothing).
     """
@@ -99,7 +101,6 @@ class ScanConfig:
     k: int = 20
     allow_weak_teacher: bool = False
     gamma: float = 3.0
-    alpha: float = 0.99
     seed: int = 0
     device: str = "auto"
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
@@ -107,8 +108,6 @@ class ScanConfig:
     def validate(self) -> None:
         if self.k < 1:
             raise InputError(f"--k must be >= 1 (got {self.k})")
-        if not 0.0 < self.alpha < 1.0:
-            raise InputError(f"--alpha must be in (0, 1) (got {self.alpha})")
         if self.device not in ("auto", "cpu", "cuda"):
             raise InputError(f"--device must be auto, cpu or cuda (got {self.device!r})")
         self.teacher.validate()

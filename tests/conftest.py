@@ -79,3 +79,27 @@ def digits200(tmp_path_factory):
     root = tmp_path_factory.mktemp("digits200")
     csv, y, noisy = write_digits_folder(root, 0.2, 0, n=200)
     return root, csv, y, noisy
+
+
+@pytest.fixture(scope="session")
+def digits300_scanned(tmp_path_factory):
+    """One scan of 300 digits at 30% noise with a small teacher, shared by the refine, distill
+    and mutual-guard tests: (root, truth, noisy) with root/"data" and root/"run". Read-only:
+    a module copies it (copy_scanned) before writing into it."""
+    from labelfix.config import ScanConfig, TeacherConfig
+    from labelfix.demo import write_digits_folder
+    from labelfix.pipeline import ScanInputs, scan
+
+    root = tmp_path_factory.mktemp("digits300scan")
+    csv, y, noisy = write_digits_folder(root / "data", 0.3, 0, n=300)
+    cfg = ScanConfig(seed=0, teacher=TeacherConfig(epochs=15, width=8))
+    scan(ScanInputs(images_dir=root / "data" / "images", labels_csv=csv), cfg, root / "run")
+    return root, y, noisy
+
+
+def copy_scanned(scanned, dst: Path) -> Path:
+    """A private copy of digits300_scanned's folder (data and run) under `dst`."""
+    import shutil
+
+    shutil.copytree(scanned[0], dst)
+    return dst

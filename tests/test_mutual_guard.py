@@ -13,10 +13,7 @@ import pytest
 from conftest import run_cli, stderr_of
 
 import labelfix.distill as D
-from labelfix.config import ScanConfig, TeacherConfig
-from labelfix.demo import write_digits_folder
 from labelfix.distill import DistillConfig, distill, mutual_guard
-from labelfix.pipeline import ScanInputs, scan
 from labelfix.refine import REFINED_CSV, REFINED_FILE, refine
 
 # An untrained student: one epoch at a learning rate of 1e-9 leaves the random init (chance level).
@@ -25,12 +22,11 @@ USELESS_CFG = DistillConfig(epochs=1, lr=1e-9, batch_size=32, device="cpu", prec
 
 
 @pytest.fixture(scope="module")
-def refined_run(tmp_path_factory):
-    """A scan of 300 digits at 30% noise (small teacher), refined teacher-only."""
-    root = tmp_path_factory.mktemp("guard")
-    csv, _, _ = write_digits_folder(root / "data", 0.3, 0, n=300)
-    cfg = ScanConfig(seed=0, teacher=TeacherConfig(epochs=15, width=8))
-    scan(ScanInputs(images_dir=root / "data" / "images", labels_csv=csv), cfg, root / "run")
+def refined_run(digits300_scanned, tmp_path_factory):
+    """A scan of 300 digits at 30% noise (small teacher), refined teacher-only: this module's copy."""
+    from conftest import copy_scanned
+
+    root = copy_scanned(digits300_scanned, tmp_path_factory.mktemp("guard") / "d")
     refine(root / "run")
     return root / "run"
 

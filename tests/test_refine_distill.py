@@ -13,10 +13,8 @@ from typer.testing import CliRunner
 import labelfix
 import labelfix.cli
 from labelfix.config import ScanConfig, TeacherConfig
-from labelfix.demo import write_digits_folder
 from labelfix.distill import DistillConfig, distill, predict
 from labelfix.metrics import precision_recall_f1
-from labelfix.pipeline import ScanInputs, scan
 from labelfix.refine import RefineConfig, refine
 
 
@@ -25,13 +23,12 @@ def _cli(args):
 
 
 @pytest.fixture(scope="module")
-def digits_run(tmp_path_factory):
-    """A scan of 300 digits at 30% noise (small teacher) and its truth."""
-    root = tmp_path_factory.mktemp("digits")
-    csv, y, noisy = write_digits_folder(root / "data", 0.3, 0, n=300)
-    cfg = ScanConfig(seed=0, teacher=TeacherConfig(epochs=15, width=8))
-    scan(ScanInputs(images_dir=root / "data" / "images", labels_csv=csv), cfg, root / "run")
-    return root, y, noisy
+def digits_run(digits300_scanned, tmp_path_factory):
+    """A scan of 300 digits at 30% noise (small teacher) and its truth: this module's copy."""
+    from conftest import copy_scanned
+
+    _, y, noisy = digits300_scanned
+    return copy_scanned(digits300_scanned, tmp_path_factory.mktemp("digits") / "d"), y, noisy
 
 
 def test_refine_outputs(digits_run, tmp_path):

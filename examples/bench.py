@@ -118,7 +118,7 @@ def build_image_set(name: str, seed: int) -> tuple[np.ndarray, np.ndarray, list[
 
 
 def machine() -> str:
-    from labelfix.bench import machine_description
+    from labelfix.commands.bench import machine_description
 
     return machine_description()
 
@@ -148,9 +148,9 @@ def median_row(rows: list[dict]) -> dict:
 
 
 def run_matrix(names: list[str], repeats: int, work: Path, reuse: bool = False, on_row=None) -> dict:
-    from labelfix.bench import bench_images, bench_pred_probs, load_npz
+    from labelfix.commands.bench import bench_images, bench_pred_probs, load_npz
     from labelfix.config import ScanConfig
-    from labelfix.noise import FASHION_MNIST_PAIRS
+    from labelfix.core.noise import FASHION_MNIST_PAIRS
 
     results = {}
     images = labels = None
@@ -335,7 +335,7 @@ def main() -> None:
     missing = sorted(n for n in needed if not (SHARED / n).exists())
     if missing:
         sys.exit(f"{SHARED}: missing {', '.join(missing)} (pass --data DIR or set LABELFIX_DATA)")
-    from labelfix.outputs import atomic_write_bytes, atomic_write_json
+    from labelfix.files.outputs import atomic_write_bytes, atomic_write_json
 
     command = "make bench" if len(names) == len(FMNIST_ROWS) + len(CIFAR_ROWS) + len(IMAGE_ROWS) else " ".join(["python", *sys.argv])
     args.docs.mkdir(parents=True, exist_ok=True)
@@ -361,7 +361,7 @@ def main() -> None:
 def quote_in_readme(md: str) -> None:
     """Copy the main table of docs/benchmarks.md into README.md between the bench markers, so
     the README's numbers always come from the generated file."""
-    from labelfix.outputs import atomic_write_bytes
+    from labelfix.files.outputs import atomic_write_bytes
 
     readme = ROOT / "README.md"
     text = readme.read_text()

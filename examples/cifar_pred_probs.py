@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from labelfix.metrics import auroc, precision_recall_f1
+from labelfix.core.metrics import auroc, precision_recall_f1
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10s-pred-probs"
 

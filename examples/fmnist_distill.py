@@ -26,8 +26,8 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).parent))
 from fmnist_scan import CLASSES, DATA, stratified_subset  # noqa: E402
 
-from labelfix.data import decode_images  # noqa: E402
-from labelfix.distill import DistillConfig, build_student, infer, student_batches, train_classifier  # noqa: E402
+from labelfix.commands.distill import DistillConfig, build_student, infer, student_batches, train_classifier  # noqa: E402
+from labelfix.files.inputs import decode_images  # noqa: E402
 
 
 def refined_accuracy(run: Path, truth: np.ndarray) -> dict:
@@ -149,7 +149,7 @@ def main() -> None:
     result["seconds"]["whole_run"] = round(time.perf_counter() - t0, 1)
     text = json.dumps(result, indent=2)
     if args.json_out is not None:
-        from labelfix.outputs import atomic_write_bytes
+        from labelfix.files.outputs import atomic_write_bytes
 
         atomic_write_bytes(args.json_out, (text + "\n").encode())
     print(text)

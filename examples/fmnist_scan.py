@@ -21,8 +21,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from labelfix.metrics import auroc, precision_recall_f1
-from labelfix.noise import symmetric_noise
+from labelfix.core.metrics import auroc, precision_recall_f1
+from labelfix.core.noise import symmetric_noise
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "fashion-mnist.npz"
 CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]

@@ -16,7 +16,7 @@ everything seeded):
   `k3`: samples of those true classes, probabilities restricted to their columns and
   renormalised). Noise: `sym` (uniform over other classes), `pair` (k -> k+1), `rpair` (a fixed
   seeded random pairing of the classes), `human` (flips drawn from another model's confusion
-  matrix P(pred | true), off-diagonal renormalised: labelfix.noise.confusion_noise).
+  matrix P(pred | true), off-diagonal renormalised: labelfix.core.noise.confusion_noise).
   NOTE: the model's probabilities are kept as fixed evidence. They come from models trained (5-fold)
   on the published noisy labels, not on the re-injected ones, so they did not memorise the new
   wrong labels: these rows are kinder to every method than a user's model trained on its own
@@ -31,8 +31,8 @@ everything seeded):
   are in the table (teacher acc = probe argmax; emb kNN = leave-one-out 10-NN accuracy of the
   embeddings against the truth).
 
-Each row runs labelfix as a user would (labelfix.pipeline.scan with ScanInputs(labels_csv=...,
-pred_probs=..., embeddings=...) then labelfix.refine.refine, in a work folder), and on the SAME
+Each row runs labelfix as a user would (labelfix.commands.scan.scan with ScanInputs(labels_csv=...,
+pred_probs=..., embeddings=...) then labelfix.commands.refine.refine, in a work folder), and on the SAME
 inputs every cleanlab.filter.find_label_issues filter_by, plus Datalab(features=) where the row
 has embeddings. A LabelfixError (for example a refusal to trust a weak teacher) is recorded as
 the row's outcome. Targets (issue 10): flag F1 >= the best cleanlab variant on every row (ratio
@@ -164,7 +164,7 @@ QUICK = [
 
 
 def build(name: str, data: Path):
-    from labelfix.matrix import cifar_row, synthetic_row
+    from labelfix.benchmarks.matrix import cifar_row, synthetic_row
 
     kind, kw = ROWS[name]
     if kind == "cifar":
@@ -173,7 +173,7 @@ def build(name: str, data: Path):
 
 
 def run_one(name: str, data: Path, work: Path, keep: bool) -> dict:
-    from labelfix.matrix import safe_evaluate
+    from labelfix.benchmarks.matrix import safe_evaluate
 
     os.environ["OMP_NUM_THREADS"] = "1"
     row_dir = work / name
@@ -272,7 +272,7 @@ def table(results: list[dict]) -> list[str]:
 
 
 def variant_table(results: list[dict]) -> list[str]:
-    from labelfix.matrix import CLEANLAB_FILTERS
+    from labelfix.benchmarks.matrix import CLEANLAB_FILTERS
 
     cols = [*CLEANLAB_FILTERS, "Datalab(features)"]
     lines = ["| row | labelfix | " + " | ".join(cols) + " |", "|---" * (len(cols) + 2) + "|"]
@@ -287,7 +287,7 @@ def variant_table(results: list[dict]) -> list[str]:
 
 
 def machine() -> str:
-    from labelfix.bench import machine_description
+    from labelfix.commands.bench import machine_description
 
     return f"{machine_description()}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}"
 
@@ -375,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.data}: missing cifar10s-pred-probs/ (pass --data DIR)", file=sys.stderr)
         return 2
 
-    from labelfix.outputs import atomic_write_bytes, atomic_write_json
+    from labelfix.files.outputs import atomic_write_bytes, atomic_write_json
 
     full = names == list(ROWS)
     stem = "matrix" if full else "matrix-partial"

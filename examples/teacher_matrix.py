@@ -2,7 +2,7 @@
 
 For several image sets built from what is available offline (scikit-learn's digits and
 ../shared/data/fashion-mnist.npz, or $LABELFIX_DATA), injects symmetric label noise and trains
-the auto teacher (labelfix.teacher.train_auto_teacher, the default TeacherConfig) on the noisy
+the auto teacher (labelfix.models.teacher.train_auto_teacher, the default TeacherConfig) on the noisy
 labels, and the same recipe on the true labels (its ceiling). Reports the teacher's out-of-sample
 accuracy against the TRUE labels for both, the gap, the chance level (majority-class share), the
 recipe each fold ended with and whether a fold was restarted.
@@ -33,8 +33,8 @@ import numpy as np
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from labelfix.config import TeacherConfig  # noqa: E402
-from labelfix.noise import inject  # noqa: E402
-from labelfix.teacher import train_auto_teacher  # noqa: E402
+from labelfix.core.noise import inject  # noqa: E402
+from labelfix.models.teacher import train_auto_teacher  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -189,9 +189,9 @@ def main() -> None:
     rows = args.rows.split(",") if args.rows else (QUICK if args.quick else ROWS)
     cfg = TeacherConfig()
     if args.baseline:
-        import labelfix.teacher
+        import labelfix.models.teacher
 
-        labelfix.teacher.NORMALISE = "data"
+        labelfix.models.teacher.NORMALISE = "data"
         cfg = TeacherConfig(warmup=0.0, restart_on_stall=False)
     results = []
     for name in rows:

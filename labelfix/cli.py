@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .errors import GateFailed, InputError, LabelfixError
+from labelfix.errors import GateFailed, InputError, LabelfixError
 
 app = typer.Typer(
     add_completion=False,
@@ -45,7 +45,7 @@ class RichProgress:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         if not self.enabled:
-            from .progress import _NullTask
+            from labelfix.progress import _NullTask
 
             yield _NullTask()
             return
@@ -118,10 +118,10 @@ def scan(
     json_out: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout instead of a table.")] = False,
 ) -> None:
     """Embed with a teacher, build a kNN graph, estimate noise and flag likely wrong labels."""
-    from .config import ScanConfig, TeacherConfig
-    from .pipeline import ScanInputs
-    from .pipeline import scan as run_scan
-    from .render import render_scan
+    from labelfix.commands.scan import ScanInputs
+    from labelfix.commands.scan import scan as run_scan
+    from labelfix.config import ScanConfig, TeacherConfig
+    from labelfix.render import render_scan
 
     if fail_above is not None and not 0.0 <= fail_above <= 1.0:
         _fail(InputError(f"--fail-above must be in [0, 1] (got {fail_above})"))
@@ -158,9 +158,9 @@ def refine(
     json_out: Annotated[bool, typer.Option("--json", help="Print the refine statistics as JSON.")] = False,
 ) -> None:
     """Refined soft labels, ambiguity scores and actions (keep / relabel / review)."""
-    from .refine import RefineConfig
-    from .refine import refine as run_refine
-    from .render import render_refine
+    from labelfix.commands.refine import RefineConfig
+    from labelfix.commands.refine import refine as run_refine
+    from labelfix.render import render_refine
 
     try:
         cfg = RefineConfig(
@@ -190,9 +190,9 @@ def distill(
     json_out: Annotated[bool, typer.Option("--json", help="Print distill.json on stdout.")] = False,
 ) -> None:
     """Train a student on the refined labels, then refine again with its view (mutual round)."""
-    from .distill import DistillConfig
-    from .distill import distill as run_distill
-    from .render import render_distill
+    from labelfix.commands.distill import DistillConfig
+    from labelfix.commands.distill import distill as run_distill
+    from labelfix.render import render_distill
 
     try:
         cfg = DistillConfig(student=student, epochs=epochs, batch_size=batch_size, lr=lr, kd_weight=kd_weight, augment=augment, rounds=rounds, device=device, precision=precision, seed=seed)
@@ -215,8 +215,8 @@ def predict(
     json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Classify images with a distilled student."""
-    from .distill import predict as run_predict
-    from .render import render_predict
+    from labelfix.commands.distill import predict as run_predict
+    from labelfix.render import render_predict
 
     try:
         report = run_predict(images_dir, model, out, labels, path_col, label_col, device, RichProgress(not json_out))
@@ -244,9 +244,9 @@ def bench(
     """Inject label noise into clean data (or use real noise), run scan + refine, score against the truth."""
     import numpy as np
 
-    from .bench import bench_images, bench_pred_probs, default_pairs, load_npz
-    from .config import ScanConfig
-    from .render import render_bench
+    from labelfix.commands.bench import bench_images, bench_pred_probs, default_pairs, load_npz
+    from labelfix.config import ScanConfig
+    from labelfix.render import render_bench
 
     if noise not in ("symmetric", "asymmetric", "instance"):
         _fail(InputError(f"--noise must be symmetric, asymmetric or instance (got {noise!r})"))
@@ -275,8 +275,8 @@ def demo(
     seed: Annotated[int, typer.Option(help="Seed for the noise and the pipeline.")] = 0,
 ) -> None:
     """Inject label noise into scikit-learn's digits, scan them, and score the flags."""
-    from .demo import run_demo
-    from .render import render_demo
+    from labelfix.commands.demo import run_demo
+    from labelfix.render import render_demo
 
     if not 0.0 <= noise < 1.0:
         _fail(InputError(f"--noise must be in [0, 1) (got {noise})"))

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from .device import check_precision
-from .errors import InputError
+from labelfix.errors import InputError
+from labelfix.runtime import check_precision
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ def _console():
 
 def render_scan(summary: dict, as_json: bool = False) -> None:
     if as_json:
-        from .outputs import to_json
+        from labelfix.files.outputs import to_json
 
         print(to_json(summary))
         return
@@ -55,7 +55,7 @@ def render_demo(summary: dict, metrics: dict, out: Path) -> None:
 
 def render_refine(stats: dict, as_json: bool = False) -> None:
     if as_json:
-        from .outputs import to_json
+        from labelfix.files.outputs import to_json
 
         print(to_json(stats))
         return
@@ -92,7 +92,7 @@ def _guard_line(guard: dict | None) -> str | None:
 
 def render_distill(report: dict, run_dir: Path, as_json: bool = False) -> None:
     if as_json:
-        from .outputs import to_json
+        from labelfix.files.outputs import to_json
 
         print(to_json(report))
         return
@@ -125,7 +125,7 @@ def render_distill(report: dict, run_dir: Path, as_json: bool = False) -> None:
 
 def render_predict(report: dict, as_json: bool = False) -> None:
     if as_json:
-        from .outputs import to_json
+        from labelfix.files.outputs import to_json
 
         print(to_json(report))
         return
@@ -137,7 +137,7 @@ def render_predict(report: dict, as_json: bool = False) -> None:
 
 def render_bench(row: dict, as_json: bool = False) -> None:
     if as_json:
-        from .outputs import to_json
+        from labelfix.files.outputs import to_json
 
         print(to_json(row))
         return

@@ -74,7 +74,7 @@ def tiny_dataset(tmp_path):
 @pytest.fixture(scope="session")
 def digits200(tmp_path_factory):
     """200 scikit-learn digits as 8x8 PNGs with 20% injected noise: (root, csv, truth, noisy)."""
-    from labelfix.demo import write_digits_folder
+    from labelfix.commands.demo import write_digits_folder
 
     root = tmp_path_factory.mktemp("digits200")
     csv, y, noisy = write_digits_folder(root, 0.2, 0, n=200)
@@ -86,9 +86,9 @@ def digits300_scanned(tmp_path_factory):
     """One scan of 300 digits at 30% noise with a small teacher, shared by the refine, distill
     and mutual-guard tests: (root, truth, noisy) with root/"data" and root/"run". Read-only:
     a module copies it (copy_scanned) before writing into it."""
+    from labelfix.commands.demo import write_digits_folder
+    from labelfix.commands.scan import ScanInputs, scan
     from labelfix.config import ScanConfig, TeacherConfig
-    from labelfix.demo import write_digits_folder
-    from labelfix.pipeline import ScanInputs, scan
 
     root = tmp_path_factory.mktemp("digits300scan")
     csv, y, noisy = write_digits_folder(root / "data", 0.3, 0, n=300)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from labelfix.commands.demo import write_digits_folder
+from labelfix.commands.scan import ScanInputs, scan
 from labelfix.config import ScanConfig, TeacherConfig
-from labelfix.demo import write_digits_folder
-from labelfix.metrics import auroc, precision_recall_f1
-from labelfix.pipeline import ScanInputs, scan
+from labelfix.core.metrics import auroc, precision_recall_f1
 
 # The auto rule picks 40 epochs for 200 training images per fold (default width 16, about ten
 # steps per epoch). F1 measured on this subset, scan seeds 0-3 unless noted: 5 epochs 0.77-0.91,

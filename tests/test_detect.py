@@ -1,13 +1,13 @@
-"""The noise posterior (labelfix.detect) on small synthetic arrays with a known truth."""
+"""The noise posterior (labelfix.core.detect) on small synthetic arrays with a known truth."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from labelfix.detect import detect, f1_threshold, neighbour_vote, transition_from_joint
-from labelfix.graph import build_knn
-from labelfix.noise import symmetric_noise
+from labelfix.core.detect import detect, f1_threshold, neighbour_vote, transition_from_joint
+from labelfix.core.graph import build_knn
+from labelfix.core.noise import symmetric_noise
 
 
 def _world(n=3000, c=5, rate=0.3, teacher_acc=0.9, emb_sep=4.0, seed=0):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from labelfix.graph import build_knn, faiss_gpu_available
+from labelfix.core.graph import build_knn, faiss_gpu_available
 
 
 def _clustered(n=3000, d=32, seed=0):
@@ -53,7 +53,7 @@ def test_auto_teacher_on_cuda(tmp_path):
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")
     from labelfix.config import TeacherConfig
-    from labelfix.teacher import train_auto_teacher
+    from labelfix.models.teacher import train_auto_teacher
 
     rng = np.random.default_rng(0)
     y = rng.integers(0, 3, 600)
@@ -68,7 +68,7 @@ def test_auto_teacher_on_cuda(tmp_path):
 def test_out_of_fold_graph_uses_each_rows_own_fold_block():
     """Row i of fold f is linked in block f only: a second block that would pull it elsewhere
     (as a model trained on its label would) must not matter."""
-    from labelfix.graph import build_knn, build_knn_out_of_fold
+    from labelfix.core.graph import build_knn, build_knn_out_of_fold
 
     rng = np.random.default_rng(0)
     n, d = 200, 8

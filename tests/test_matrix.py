@@ -1,4 +1,4 @@
-"""The no-images generalisation matrix (examples/matrix.py, labelfix/matrix.py): one tiny synthetic
+"""The no-images generalisation matrix (examples/matrix.py, labelfix/benchmarks/matrix.py): one tiny synthetic
 row end to end, and the noise helpers it uses."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from labelfix.matrix import CLEANLAB_FILTERS, Row, evaluate_row, restrict_classes, synthetic_row
-from labelfix.noise import confusion_from_probs, confusion_noise, long_tail_indices, random_pairs
+from labelfix.benchmarks.matrix import CLEANLAB_FILTERS, Row, evaluate_row, restrict_classes, synthetic_row
+from labelfix.core.noise import confusion_from_probs, confusion_noise, long_tail_indices, random_pairs
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from conftest import run_cli, stderr_of
 
-import labelfix.distill as D
-from labelfix.distill import DistillConfig, distill, mutual_guard
-from labelfix.refine import REFINED_CSV, REFINED_FILE, refine
+import labelfix.commands.distill as D
+from labelfix.commands.distill import DistillConfig, distill, mutual_guard
+from labelfix.commands.refine import REFINED_CSV, REFINED_FILE, refine
 
 # An untrained student: one epoch at a learning rate of 1e-9 leaves the random init (chance level).
 USELESS = ["--epochs", "1", "--lr", "1e-9", "--batch-size", "32", "--device", "cpu", "--precision", "fp32"]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from labelfix.config import TeacherConfig
-from labelfix.teacher import crossfit_linear_head, fold_assignment, train_auto_teacher
+from labelfix.models.teacher import crossfit_linear_head, fold_assignment, train_auto_teacher
 
 SEED = 11
 CFG = TeacherConfig(epochs=2, width=8, folds=2)

@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import run_cli, stderr_of, write_csv
 
-from labelfix.metrics import precision_recall_f1
+from labelfix.core.metrics import precision_recall_f1
 
 N, C, NOISE = 600, 4, 0.2
 CLASSES = ["ant", "bee", "cow", "dog"]

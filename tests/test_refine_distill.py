@@ -12,10 +12,10 @@ from typer.testing import CliRunner
 
 import labelfix
 import labelfix.cli
+from labelfix.commands.distill import DistillConfig, distill, predict
+from labelfix.commands.refine import RefineConfig, refine
 from labelfix.config import ScanConfig, TeacherConfig
-from labelfix.distill import DistillConfig, distill, predict
-from labelfix.metrics import precision_recall_f1
-from labelfix.refine import RefineConfig, refine
+from labelfix.core.metrics import precision_recall_f1
 
 
 def _cli(args):
@@ -105,7 +105,7 @@ def _guard_passes(monkeypatch):
     """These students train 1-2 epochs (near chance), too few to beat the teacher on held-out rows;
     the tests are about resuming and rounds, so the mutual-round guard is forced to pass
     (tests/test_mutual_guard.py tests the guard itself)."""
-    import labelfix.distill as D
+    import labelfix.commands.distill as D
 
     real = D.mutual_guard
     monkeypatch.setattr(D, "mutual_guard", lambda *a: dict(real(*a), passed=True))
@@ -161,7 +161,7 @@ def test_bench_beats_label_agnostic_baseline(tmp_path):
     """A small benchmark: 400 digits, 30% symmetric noise; labelfix vs flagging at random."""
     from sklearn.datasets import load_digits
 
-    from labelfix.bench import bench_images
+    from labelfix.commands.bench import bench_images
 
     d = load_digits()
     idx = np.sort(np.random.default_rng(0).permutation(len(d.target))[:400])
@@ -185,8 +185,8 @@ def test_train_classifier_on_epoch_and_no_augmentation(monkeypatch):
     identical); on_epoch logs merge in."""
     import torch
 
-    import labelfix.teacher as teacher
-    from labelfix.distill import build_student, student_batches, train_classifier
+    import labelfix.models.teacher as teacher
+    from labelfix.commands.distill import build_student, student_batches, train_classifier
 
     rng = np.random.default_rng(0)
     images = rng.integers(0, 255, (64, 8, 8, 1), dtype=np.uint8)
@@ -219,7 +219,7 @@ def test_checkpoint_is_not_resumed_for_other_labels(tmp_path):
     other labels with the same row count (distill again after the mutual round) trains afresh."""
     import torch
 
-    from labelfix.distill import build_student, student_batches, train_classifier
+    from labelfix.commands.distill import build_student, student_batches, train_classifier
 
     rng = np.random.default_rng(0)
     images = rng.integers(0, 255, (48, 8, 8, 1), dtype=np.uint8)
@@ -247,7 +247,7 @@ def test_distill_rounds_equal_repeated_runs_and_resume(digits_run, tmp_path, mon
 
     import torch
 
-    import labelfix.distill as D
+    import labelfix.commands.distill as D
 
     _guard_passes(monkeypatch)
     root, _, _ = digits_run

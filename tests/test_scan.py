@@ -14,9 +14,9 @@ import pytest
 from conftest import FAST_CLI, run_cli, stderr_of, write_csv
 from PIL import Image
 
+from labelfix.commands.scan import ScanInputs, scan
 from labelfix.config import ScanConfig, TeacherConfig
-from labelfix.data import decode_images
-from labelfix.pipeline import ScanInputs, scan
+from labelfix.files.inputs import decode_images
 
 WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 SCHEMA_COLUMNS = [

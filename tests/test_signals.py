@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from labelfix.demo import write_digits_folder
+from labelfix.commands.demo import write_digits_folder
 
 
 @pytest.mark.skipif(os.name != "posix", reason="POSIX signals")

@@ -10,11 +10,11 @@ import json
 import numpy as np
 import pytest
 
-import labelfix.teacher as teacher_mod
+import labelfix.models.teacher as teacher_mod
+from labelfix.commands.demo import write_digits_folder
+from labelfix.commands.scan import ScanInputs, scan
 from labelfix.config import ScanConfig, TeacherConfig
-from labelfix.demo import write_digits_folder
-from labelfix.pipeline import ScanInputs, scan
-from labelfix.teacher import Recipe, agreement_check, train_auto_teacher
+from labelfix.models.teacher import Recipe, agreement_check, train_auto_teacher
 
 
 @pytest.fixture(scope="module")
@@ -160,7 +160,7 @@ def test_auto_teacher_on_random_labels_exits_5(tmp_path):
     beat chance, so the scan stops instead of writing flags."""
     from conftest import FAST_CLI, run_cli, stderr_of
 
-    from labelfix.demo import write_digits_folder
+    from labelfix.commands.demo import write_digits_folder
 
     csv, y, noisy = write_digits_folder(tmp_path / "d", 0.9, 0, n=400)
     out = tmp_path / "run"

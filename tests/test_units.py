@@ -7,10 +7,10 @@ import math
 import numpy as np
 import pytest
 
-from labelfix.graph import KnnGraph, build_knn
-from labelfix.outputs import staged_run
-from labelfix.propagation import normalized_adjacency, propagated_labels
-from labelfix.selection import confident_joint, small_loss_mask
+from labelfix.core.graph import KnnGraph, build_knn
+from labelfix.core.propagation import normalized_adjacency, propagated_labels
+from labelfix.core.selection import confident_joint, small_loss_mask
+from labelfix.files.outputs import staged_run
 
 
 def _unit(x):
@@ -208,7 +208,7 @@ def test_staged_run_moves_files_on_success(tmp_path):
 def test_staged_run_removes_stale_outputs_only_of_a_labelfix_run(tmp_path):
     import json
 
-    from labelfix.outputs import staged_run
+    from labelfix.files.outputs import staged_run
 
     stale = ("embeddings.npy", "refined.parquet", "checkpoints/student-last.pt")
     # a user's folder that is not a labelfix run: nothing of theirs is touched
@@ -237,8 +237,8 @@ def test_staged_run_removes_stale_outputs_only_of_a_labelfix_run(tmp_path):
      ("temperature", 0.0, "--temperature"), ("rounds", 0, "--rounds")],
 )
 def test_refine_config_names_the_flag_at_fault(field, value, flag):
+    from labelfix.commands.refine import RefineConfig
     from labelfix.errors import InputError
-    from labelfix.refine import RefineConfig
 
     with pytest.raises(InputError, match=flag):
         RefineConfig(**{field: value}).validate()

@@ -16,8 +16,8 @@ from typing import Iterator
 
 import numpy as np
 
-from . import __version__
-from .errors import RunDirError
+from labelfix import __version__
+from labelfix.errors import RunDirError
 
 META_KEY = b"labelfix"
 

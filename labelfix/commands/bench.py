@@ -10,12 +10,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import ScanConfig
-from .errors import InputError, WeakTeacher
-from .metrics import auroc, precision_recall_f1
-from .noise import FASHION_MNIST_PAIRS, inject
-from .outputs import atomic_write_json, list_column
-from .progress import NullProgress, Progress
+from labelfix.config import ScanConfig
+from labelfix.core.metrics import auroc, precision_recall_f1
+from labelfix.core.noise import FASHION_MNIST_PAIRS, inject
+from labelfix.errors import InputError, WeakTeacher
+from labelfix.files.outputs import atomic_write_json, list_column
+from labelfix.progress import NullProgress, Progress
 
 
 @dataclass(frozen=True)
@@ -23,7 +23,7 @@ class BenchResult:
     row: dict
 
     def to_json(self) -> str:
-        from .outputs import to_json
+        from labelfix.files.outputs import to_json
 
         return to_json(self.row)
 
@@ -94,7 +94,7 @@ def _datalab_label_issues(Datalab, y: np.ndarray, feats: np.ndarray):
 def _evaluate_run(run: Path, y_noisy: np.ndarray, y_true: np.ndarray, compare: bool) -> dict:
     import pandas as pd
 
-    from .refine import REFINED_FILE
+    from labelfix.commands.refine import REFINED_FILE
 
     scan_df = pd.read_parquet(run / "scan.parquet")
     ref = pd.read_parquet(run / REFINED_FILE)
@@ -149,8 +149,8 @@ def bench_images(
     bench.json) a row saying so instead of raising."""
     from PIL import Image
 
-    from .pipeline import ScanInputs, scan
-    from .refine import refine
+    from labelfix.commands.refine import refine
+    from labelfix.commands.scan import ScanInputs, scan
 
     cfg = cfg or ScanConfig()
     progress = progress or NullProgress()
@@ -219,8 +219,8 @@ def bench_pred_probs(
     """Real (already present) noise: given noisy and true labels and out-of-sample probabilities."""
     import pandas as pd
 
-    from .pipeline import ScanInputs, scan
-    from .refine import refine
+    from labelfix.commands.refine import refine
+    from labelfix.commands.scan import ScanInputs, scan
 
     if len(y_noisy) != len(y_true):
         raise InputError(f"noisy labels ({len(y_noisy)}) and true labels ({len(y_true)}) differ in length")

@@ -1,4 +1,4 @@
-"""Per-sample label quality and the suggested label (flags themselves come from labelfix.detect)."""
+"""Per-sample label quality and the suggested label (flags themselves come from labelfix.core.detect)."""
 
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .metrics import precision_recall_f1
+from labelfix.core.metrics import precision_recall_f1
 
 CLEANLAB_FILTERS = (
     "prune_by_noise_rate",
@@ -121,7 +121,7 @@ def synthetic_row(
     cross-fitting) trains on the noisy labels, as a user's model would.
     Noise: "symmetric", "pair" (k -> k+1) or "random-pair" (a seeded pairing of the classes).
     """
-    from .noise import asymmetric_noise, random_pairs, symmetric_noise
+    from labelfix.core.noise import asymmetric_noise, random_pairs, symmetric_noise
 
     rng = np.random.default_rng([seed, 5150, num_classes, dim])
     c = num_classes
@@ -216,14 +216,14 @@ def cleanlab_all(y: np.ndarray, probs: np.ndarray, emb: np.ndarray | None, truth
 
 def run_labelfix(row: Row, work: Path, seed: int = 0) -> dict:
     """Write the row as a user's files (labels CSV, probabilities .npy, embeddings .npy), then
-    labelfix.pipeline.scan and labelfix.refine.refine into `work/run`. Returns timings and, on a
+    labelfix.commands.scan.scan and labelfix.commands.refine.refine into `work/run`. Returns timings and, on a
     LabelfixError (bad input, a weak-teacher refusal...), the error as an outcome."""
     import pandas as pd
 
-    from .config import ScanConfig
-    from .errors import LabelfixError
-    from .pipeline import ScanInputs, scan
-    from .refine import refine
+    from labelfix.commands.refine import refine
+    from labelfix.commands.scan import ScanInputs, scan
+    from labelfix.config import ScanConfig
+    from labelfix.errors import LabelfixError
 
     work = Path(work)
     work.mkdir(parents=True, exist_ok=True)
@@ -258,7 +258,7 @@ def evaluate_row(row: Row, work: Path, seed: int = 0, with_cleanlab: bool = True
     """Run labelfix and cleanlab on `row` and score both against the truth."""
     import pandas as pd
 
-    from .outputs import list_column
+    from labelfix.files.outputs import list_column
 
     t_row = time.perf_counter()
     y, true = np.asarray(row.noisy, dtype=np.int64), np.asarray(row.true, dtype=np.int64)
@@ -293,7 +293,7 @@ def evaluate_row(row: Row, work: Path, seed: int = 0, with_cleanlab: bool = True
         flags = scan_df["is_issue"].to_numpy().astype(bool)
         res["labelfix"] = _prf(flags, truth)
         if truth.any() and not truth.all():
-            from .metrics import auroc
+            from labelfix.core.metrics import auroc
 
             res["labelfix"]["auroc"] = _f(auroc(scan_df["issue_score"].to_numpy(), truth))
         res["estimated_noise_rate"] = summary.get("estimated_noise_rate")
@@ -372,7 +372,7 @@ def cifar_row(
     listed, probabilities restricted to those columns and renormalised. `imbalance`: a
     long-tailed subset, class sizes decaying geometrically from `max_per_class` by that factor;
     else `n`: a stratified subset."""
-    from .noise import (
+    from labelfix.core.noise import (
         asymmetric_noise,
         confusion_from_probs,
         confusion_noise,

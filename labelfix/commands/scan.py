@@ -10,9 +10,10 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__
-from .config import ScanConfig
-from .data import (
+from labelfix import __version__
+from labelfix.config import ScanConfig
+from labelfix.errors import InputError, WeakTeacher
+from labelfix.files.inputs import (
     LabelSet,
     check_pred_probs,
     decode_images,
@@ -23,9 +24,8 @@ from .data import (
     sha256_file,
     sha256_json,
 )
-from .errors import InputError, WeakTeacher
-from .outputs import atomic_save_npy, atomic_write_json, staged_run, write_parquet
-from .progress import NullProgress, Progress
+from labelfix.files.outputs import atomic_save_npy, atomic_write_json, staged_run, write_parquet
+from labelfix.progress import NullProgress, Progress
 
 SCAN_FILE = "scan.parquet"
 SUMMARY_FILE = "summary.json"
@@ -107,12 +107,12 @@ def scan(inputs: ScanInputs, cfg: ScanConfig, out: Path, progress: Progress | No
     Writes `scan.parquet`, `summary.json`, the graph and the embedding cache into `out`,
     all or nothing.
     """
-    from .detect import detect
-    from .device import resolve_device, resolve_precision, seed_everything
-    from .graph import build_knn
-    from .scoring import alternative_label, label_quality
-    from .selection import confident_joint, per_sample_loss, small_loss_mask
-    from .teacher import TeacherOutput, agreement_check, run_teacher, weak_teacher_message
+    from labelfix.core.detect import detect
+    from labelfix.core.graph import build_knn
+    from labelfix.core.scoring import alternative_label, label_quality
+    from labelfix.core.selection import confident_joint, per_sample_loss, small_loss_mask
+    from labelfix.models.teacher import TeacherOutput, agreement_check, run_teacher, weak_teacher_message
+    from labelfix.runtime import resolve_device, resolve_precision, seed_everything
 
     progress = progress or NullProgress()
     cfg.validate()
@@ -123,7 +123,7 @@ def scan(inputs: ScanInputs, cfg: ScanConfig, out: Path, progress: Progress | No
     if inputs.pred_probs is None and inputs.images_dir is None:
         raise InputError("give IMAGES_DIR (the folder the CSV's paths are relative to), or --pred-probs")
     if inputs.pred_probs is None:
-        from .teacher import validate_teacher
+        from labelfix.models.teacher import validate_teacher
 
         validate_teacher(cfg.teacher)
     timer = _Timer()
@@ -200,8 +200,8 @@ def scan(inputs: ScanInputs, cfg: ScanConfig, out: Path, progress: Progress | No
         probs, emb = teacher.probs, teacher.embeddings
         with timer("graph"):
             if inputs.pred_probs is None and cfg.teacher.teacher == "auto":
-                from .graph import build_knn_out_of_fold
-                from .teacher import fold_assignment
+                from labelfix.core.graph import build_knn_out_of_fold
+                from labelfix.models.teacher import fold_assignment
 
                 # the auto teacher's features are trained on half the labels: link rows only in
                 # the space of the fold model that never saw them (graph.build_knn_out_of_fold)
@@ -221,7 +221,7 @@ def scan(inputs: ScanInputs, cfg: ScanConfig, out: Path, progress: Progress | No
             else f"the --teacher {cfg.teacher.teacher} probabilities"
         )
         if inputs.embeddings is not None:
-            from .detect import neighbour_vote
+            from labelfix.core.detect import neighbour_vote
 
             vote = agreement_check(neighbour_vote(graph.ids, graph.sims, y, c, np.ones(len(y)), cfg.gamma), y, c)
             check = dict(check, embedding_vote=vote, weak=bool(check["weak"] and vote["weak"]))

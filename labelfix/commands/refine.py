@@ -1,6 +1,6 @@
 """`refine`: refined soft labels, ambiguity and actions from a scan run (algorithm.md 5-9).
 
-Reads the scan's table and graph and recomputes scan's noise posterior (labelfix.detect); when
+Reads the scan's table and graph and recomputes scan's noise posterior (labelfix.core.detect); when
 `distill` has left a student view (`student_embeddings.npy`, `student_probs.npy`) that passed the
 mutual-round guard, the student's probabilities and its own graph's neighbour vote join the pool
 of experts (the mutual round). The soft label is the posterior over the true class.
@@ -15,14 +15,21 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__
-from .detect import detect
-from .errors import InputError, RunDirError
-from .graph import KnnGraph, build_knn
-from .outputs import atomic_write_bytes, atomic_write_json, check_version, list_column, read_parquet, write_parquet
-from .pipeline import EMBEDDINGS_FILE, GRAPH_IDS, GRAPH_SIMS, SCAN_FILE, SUMMARY_FILE
-from .progress import NullProgress, Progress
-from .scoring import label_quality
+from labelfix import __version__
+from labelfix.commands.scan import EMBEDDINGS_FILE, GRAPH_IDS, GRAPH_SIMS, SCAN_FILE, SUMMARY_FILE
+from labelfix.core.detect import detect
+from labelfix.core.graph import KnnGraph, build_knn
+from labelfix.core.scoring import label_quality
+from labelfix.errors import InputError, RunDirError
+from labelfix.files.outputs import (
+    atomic_write_bytes,
+    atomic_write_json,
+    check_version,
+    list_column,
+    read_parquet,
+    write_parquet,
+)
+from labelfix.progress import NullProgress, Progress
 
 REFINED_FILE = "refined.parquet"
 REFINED_CSV = "labels.refined.csv"
@@ -120,7 +127,7 @@ def refine(run_dir: Path, cfg: RefineConfig | None = None, progress: Progress | 
 
     A student view left by distill is used (mutual rounds) only when the comparison distill
     recorded in student.json says the student was at least as good as the teacher on held-out
-    rows (`labelfix.distill.mutual_guard`); otherwise the refinement is teacher-only and a warning
+    rows (`labelfix.commands.distill.mutual_guard`); otherwise the refinement is teacher-only and a warning
     goes into the statistics. `mutual=False` (CLI `--no-mutual`) ignores any student view: the
     outputs are then those of a refine before distill. Returns the refine statistics (also
     stored under summary["refine"]).
@@ -140,7 +147,7 @@ def refine(run_dir: Path, cfg: RefineConfig | None = None, progress: Progress | 
     view = (run_dir / STUDENT_EMB).is_file() and (run_dir / STUDENT_PROBS).is_file()
     guard, guard_warning = None, None
     if view and mutual:
-        from .distill import recorded_guard
+        from labelfix.commands.distill import recorded_guard
 
         guard, guard_warning = recorded_guard(run_dir)
     student = view and mutual and guard_warning is None

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import TeacherConfig
-from .errors import InputError, TeacherUnavailable
-from .progress import NullProgress, Progress
+from labelfix.config import TeacherConfig
+from labelfix.errors import InputError, TeacherUnavailable
+from labelfix.progress import NullProgress, Progress
 
 
 @dataclass
@@ -324,7 +324,7 @@ def _train_fold(model, batches: Batches, train_idx, y, num_classes, cfg: Teacher
     import torch
     import torch.nn.functional as F
 
-    from .device import autocast
+    from labelfix.runtime import autocast
 
     recipe = recipe or recipes(cfg)[0]
     t0 = time.perf_counter()
@@ -422,7 +422,7 @@ def _train_fold(model, batches: Batches, train_idx, y, num_classes, cfg: Teacher
 def _infer(model_fn, batches: Batches, idx: np.ndarray, batch_size: int, task=None, precision: str = "fp32"):
     import torch
 
-    from .device import autocast
+    from labelfix.runtime import autocast
 
     outs = []
     with torch.inference_mode():
@@ -456,7 +456,7 @@ def train_auto_teacher(
 
     import torch
 
-    from .device import resolve_precision
+    from labelfix.runtime import resolve_precision
 
     progress = progress or NullProgress()
     n = len(y)
@@ -675,7 +675,7 @@ def frozen_teacher(
         mean, std = list(tf.mean), list(tf.std)
     if mean is None:
         mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
-    from .device import resolve_precision
+    from labelfix.runtime import resolve_precision
 
     # auto stays float32 for frozen teachers on CPU: bf16 was measured for the auto teacher only.
     precision = "fp32" if cfg.precision == "auto" and device == "cpu" else resolve_precision(device, cfg.precision)

@@ -19,12 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__
-from .data import sha256_file, sha256_json
-from .device import check_precision
-from .errors import InputError, RunDirError
-from .outputs import atomic_save_npy, atomic_write_json, list_column, read_parquet, write_parquet
-from .progress import NullProgress, Progress
+from labelfix import __version__
+from labelfix.errors import InputError, RunDirError
+from labelfix.files.inputs import sha256_file, sha256_json
+from labelfix.files.outputs import atomic_save_npy, atomic_write_json, list_column, read_parquet, write_parquet
+from labelfix.progress import NullProgress, Progress
+from labelfix.runtime import check_precision
 
 STUDENT_FILE = "student.pt"
 STUDENT_META = "student.json"
@@ -145,14 +145,14 @@ def train_classifier(
     import torch
     import torch.nn.functional as F
 
-    from .device import autocast, resolve_precision
-    from .teacher import _random_shift
+    from labelfix.models.teacher import _random_shift
+    from labelfix.runtime import autocast, resolve_precision
 
     progress = progress or NullProgress()
     dev = batches.device
     precision = resolve_precision(dev, cfg.precision)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay)
-    from .teacher import effective_batch_size
+    from labelfix.models.teacher import effective_batch_size
 
     n = len(train_idx)
     bs = effective_batch_size(cfg.batch_size, n)
@@ -235,7 +235,7 @@ def infer(
     batched-inference loop as the teacher."""
     import torch.nn.functional as F
 
-    from .teacher import _infer
+    from labelfix.models.teacher import _infer
 
     def step(x):
         if features:
@@ -252,7 +252,7 @@ def infer(
 
 
 def student_batches(images, input_size: int, device: str, mean=None, std=None):
-    from .teacher import Batches, _GrayAsRGB
+    from labelfix.models.teacher import Batches, _GrayAsRGB
 
     rgb = images if images.shape[3] == 3 else _GrayAsRGB(images)
     return Batches(rgb, device, size=input_size if input_size != images.shape[1] else None, mean=mean, std=std)
@@ -324,7 +324,7 @@ def recorded_guard(run_dir: Path) -> tuple[dict | None, str | None]:
     None) when the view may be used, else (guard or None, one-line warning). The record must
     name the student_probs.npy it was measured with (a view left by an interrupted distill or
     copied from elsewhere has none that matches)."""
-    from .refine import STUDENT_PROBS
+    from labelfix.commands.refine import STUDENT_PROBS
 
     run_dir = Path(run_dir)
     guard = None
@@ -409,7 +409,7 @@ def distill(run_dir: Path, cfg: DistillConfig | None = None, progress: Progress 
 
 
 def _refined_sha(run_dir: Path) -> str | None:
-    from .refine import REFINED_FILE
+    from labelfix.commands.refine import REFINED_FILE
 
     path = run_dir / REFINED_FILE
     return sha256_file(path) if path.is_file() else None
@@ -419,8 +419,16 @@ def _distill_round(run_dir: Path, cfg: DistillConfig, progress: Progress, mutual
     """One round: a fresh student on the current refined labels, saved, then the mutual round."""
     import torch
 
-    from .device import resolve_device, resolve_precision, seed_everything
-    from .refine import REFINED_CSV, REFINED_FILE, STUDENT_EMB, STUDENT_PROBS, RefineConfig, load_run, refine
+    from labelfix.commands.refine import (
+        REFINED_CSV,
+        REFINED_FILE,
+        STUDENT_EMB,
+        STUDENT_PROBS,
+        RefineConfig,
+        load_run,
+        refine,
+    )
+    from labelfix.runtime import resolve_device, resolve_precision, seed_everything
 
     summary, _, _, _, _ = load_run(run_dir)
     images = open_run_images(run_dir, summary)
@@ -503,7 +511,7 @@ def _distill_round(run_dir: Path, cfg: DistillConfig, progress: Progress, mutual
 def _add_refine_warning(run_dir: Path, warning: str) -> None:
     """Record a skipped mutual round in summary.json's refine section (the refined outputs, and
     the rest of that section, describe the refine that wrote them and stay as they are)."""
-    from .pipeline import SUMMARY_FILE
+    from labelfix.commands.scan import SUMMARY_FILE
 
     path = run_dir / SUMMARY_FILE
     summary = json.loads(path.read_text())
@@ -547,8 +555,8 @@ def predict(
     """Write predictions.parquet; with labels, also the accuracy. Returns a small report."""
     import tempfile
 
-    from .data import IMAGE_EXTENSIONS, decode_images, read_labels_csv, resolve_paths
-    from .device import resolve_device, resolve_precision
+    from labelfix.files.inputs import IMAGE_EXTENSIONS, decode_images, read_labels_csv, resolve_paths
+    from labelfix.runtime import resolve_device, resolve_precision
 
     progress = progress or NullProgress()
     device = resolve_device(device)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .graph import KnnGraph
+from labelfix.core.graph import KnnGraph
 
 
 def normalized_adjacency(graph: KnnGraph, gamma: float = 3.0):

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import ScanConfig
-from .metrics import auroc, precision_recall_f1
-from .noise import symmetric_noise
-from .outputs import atomic_write_bytes
-from .pipeline import ScanInputs, ScanResult, scan
-from .progress import Progress
+from labelfix.commands.scan import ScanInputs, ScanResult, scan
+from labelfix.config import ScanConfig
+from labelfix.core.metrics import auroc, precision_recall_f1
+from labelfix.core.noise import symmetric_noise
+from labelfix.files.outputs import atomic_write_bytes
+from labelfix.progress import Progress
 
 
 def write_digits_folder(root: Path, noise: float, seed: int, n: int | None = None) -> tuple[Path, np.ndarray, np.ndarray]:

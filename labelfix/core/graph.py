@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .progress import NullProgress, Progress
+from labelfix.progress import NullProgress, Progress
 
 
 @dataclass(frozen=True)

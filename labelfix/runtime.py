@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .errors import InputError
+from labelfix.errors import InputError
 
 
 def resolve_device(name: str = "auto") -> str:

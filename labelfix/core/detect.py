@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .selection import confident_joint
+from labelfix.core.selection import confident_joint
 
 _EPS = 1e-6
 

@@ -1,0 +1,1 @@
+"""Benchmark harnesses (the generalisation matrix); not used by the commands."""

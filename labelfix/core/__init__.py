@@ -1,0 +1,1 @@
+"""Array algorithms: pure functions on numpy arrays, no files, no torch training."""

@@ -1,0 +1,1 @@
+"""Files: reading the user's inputs, the run directory, atomic writes and Parquet."""

@@ -1,0 +1,1 @@
+"""Models: the auto teacher, pretrained loaders, the student and their one training loop."""

@@ -135,6 +135,7 @@ def versions() -> str:
 
 def median_row(rows: list[dict]) -> dict:
     """Median of every numeric leaf across repeats (structure of the first)."""
+
     def merge(vals):
         if isinstance(vals[0], dict):
             return {k: merge([v[k] for v in vals]) for k in vals[0]}
@@ -165,8 +166,18 @@ def run_matrix(names: list[str], repeats: int, work: Path, reuse: bool = False, 
                 if images is None:
                     images, labels = load_npz(SHARED / "fashion-mnist.npz", 20_000, 0)
                 kind, rate, _, _ = FMNIST_ROWS[name]
-                row = bench_images(images, labels, FASHION, kind, rate, work / f"{name}-r{r}", ScanConfig(seed=r),
-                                   FASHION_MNIST_PAIRS, True, image_dir=work / "fmnist-images")
+                row = bench_images(
+                    images,
+                    labels,
+                    FASHION,
+                    kind,
+                    rate,
+                    work / f"{name}-r{r}",
+                    ScanConfig(seed=r),
+                    FASHION_MNIST_PAIRS,
+                    True,
+                    image_dir=work / "fmnist-images",
+                )
             elif name in IMAGE_ROWS:
                 image_set, kind, rate = IMAGE_ROWS[name]
                 x, y, classes = build_image_set(image_set, r)
@@ -174,14 +185,30 @@ def run_matrix(names: list[str], repeats: int, work: Path, reuse: bool = False, 
                 shared = work / "digits-images" if image_set == "digits" else None
                 # asymmetric: Fashion-MNIST's pairs there, else the pair flip k -> k + 1
                 pairs = FASHION_MNIST_PAIRS if classes == FASHION else None
-                row = bench_images(x, y, classes, kind, rate, work / f"{name}-r{r}", ScanConfig(seed=r), pairs, True,
-                                   image_dir=shared, record_weak_teacher=True)
+                row = bench_images(
+                    x,
+                    y,
+                    classes,
+                    kind,
+                    rate,
+                    work / f"{name}-r{r}",
+                    ScanConfig(seed=r),
+                    pairs,
+                    True,
+                    image_dir=shared,
+                    record_weak_teacher=True,
+                )
                 row["image_set"] = image_set
             else:
                 model, _ = CIFAR_ROWS[name]
                 d = SHARED / "cifar10s-pred-probs"
-                row = bench_pred_probs(d / f"pred_probs_{model}.npy", np.load(d / "noisy_labels.npy"),
-                                       np.load(d / "true_labels.npy"), work / f"{name}-r{r}", cfg=ScanConfig(seed=r))
+                row = bench_pred_probs(
+                    d / f"pred_probs_{model}.npy",
+                    np.load(d / "noisy_labels.npy"),
+                    np.load(d / "true_labels.npy"),
+                    work / f"{name}-r{r}",
+                    cfg=ScanConfig(seed=r),
+                )
             reps.append(row)
         scored = [rp for rp in reps if not rp.get("weak_teacher")]
         results[name] = median_row(scored or reps)
@@ -193,10 +220,13 @@ def run_matrix(names: list[str], repeats: int, work: Path, reuse: bool = False, 
         if r.get("weak_teacher"):
             print(f"{name}: {r['outcome']}: {r['message']}, {r['row_seconds']:.0f}s", flush=True)
         else:
-            print(f"{name}: labelfix F1 {r['labelfix flags']['f1']:.4f}, best cleanlab "
-                  f"{r.get('best_cleanlab_f1', float('nan')):.4f}, refined acc {r['refined_accuracy']:.4f}, "
-                  f"teacher acc {r['teacher_accuracy']:.4f}, flagged {r['labelfix flags']['flagged'] / r['samples']:.3f}, "
-                  f"{r['row_seconds']:.0f}s", flush=True)
+            print(
+                f"{name}: labelfix F1 {r['labelfix flags']['f1']:.4f}, best cleanlab "
+                f"{r.get('best_cleanlab_f1', float('nan')):.4f}, refined acc {r['refined_accuracy']:.4f}, "
+                f"teacher acc {r['teacher_accuracy']:.4f}, flagged {r['labelfix flags']['flagged'] / r['samples']:.3f}, "
+                f"{r['row_seconds']:.0f}s",
+                flush=True,
+            )
         if on_row is not None:
             on_row(results)
     return results
@@ -275,11 +305,17 @@ def markdown(results: dict, command: str, total_s: float, repeats: int) -> str:
     for name, r in results.items():
         for k, v in r.get("cleanlab", {}).items():
             if "f1" in v:
-                lines.append(f"| {name} | {k} | {v['precision']:.3f} | {v['recall']:.3f} | {v['f1']:.3f} | {fmt(v['auroc'])} |")
+                lines.append(
+                    f"| {name} | {k} | {v['precision']:.3f} | {v['recall']:.3f} | {v['f1']:.3f} | {fmt(v['auroc'])} |"
+                )
     matrix = ROOT / "docs" / "matrix.md"  # written by examples/matrix.py, which make bench runs first
     if matrix.is_file():
-        lines += ["", "## The no-images generalisation matrix (docs/matrix.md)", "",
-                  matrix.read_text().strip().replace("\n# ", "\n### ").removeprefix("# ")]
+        lines += [
+            "",
+            "## The no-images generalisation matrix (docs/matrix.md)",
+            "",
+            matrix.read_text().strip().replace("\n# ", "\n### ").removeprefix("# "),
+        ]
     notes = ROOT / "docs" / "experiments.md"
     if notes.is_file():
         lines += ["", notes.read_text().strip()]
@@ -291,8 +327,10 @@ def image_row(name: str, r: dict) -> str:
     image_set, kind, rate = IMAGE_ROWS[name]
     noise = f"{kind} {rate:.0%} ({image_set})"
     if r.get("weak_teacher"):
-        return (f"| {name} | {noise} | {r['actual_noise_rate']:.3f} | - | {r['outcome']} | - | - | - | - | - | - | "
-                f"{r['scan_wall_s']:.0f} | {row_seconds(r):.0f} |")
+        return (
+            f"| {name} | {noise} | {r['actual_noise_rate']:.3f} | - | {r['outcome']} | - | - | - | - | - | - | "
+            f"{r['scan_wall_s']:.0f} | {row_seconds(r):.0f} |"
+        )
     lf = r["labelfix flags"]
     cl = {k: v for k, v in r.get("cleanlab", {}).items() if "f1" in v}
     floor = max(r["given_accuracy"], r["teacher_accuracy"])
@@ -310,9 +348,11 @@ def image_row(name: str, r: dict) -> str:
         best = f"{fmt(r.get('best_cleanlab_f1'))} ({best_name.replace('cleanlab ', '')})"
         pr, ratio = f"{lf['precision']:.3f} / {lf['recall']:.3f}", fmt(r.get("f1_ratio_vs_best_cleanlab"))
     amb = r["ambiguity_wrong_over_right"]
-    return (f"| {name} | {noise} | {r['actual_noise_rate']:.3f} | {pr} | {f1} | {best} | {ratio} | {fmt(lf['auroc'])} | "
-            f"{refined} | {fmt(r['teacher_accuracy'])} | {'-' if amb != amb else f'{amb:.2f}'} | {r['scan_wall_s']:.0f} | "
-            f"{row_seconds(r):.0f} |")
+    return (
+        f"| {name} | {noise} | {r['actual_noise_rate']:.3f} | {pr} | {f1} | {best} | {ratio} | {fmt(lf['auroc'])} | "
+        f"{refined} | {fmt(r['teacher_accuracy'])} | {'-' if amb != amb else f'{amb:.2f}'} | {r['scan_wall_s']:.0f} | "
+        f"{row_seconds(r):.0f} |"
+    )
 
 
 def main() -> None:
@@ -330,14 +370,21 @@ def main() -> None:
     unknown = [n for n in names if n not in FMNIST_ROWS and n not in CIFAR_ROWS and n not in IMAGE_ROWS]
     if unknown:
         sys.exit(f"unknown rows: {unknown}")
-    needed = {"cifar10s-pred-probs" if n in CIFAR_ROWS else "fashion-mnist.npz" for n in names
-              if not (n in IMAGE_ROWS and IMAGE_ROWS[n][0].startswith("digits"))}
+    needed = {
+        "cifar10s-pred-probs" if n in CIFAR_ROWS else "fashion-mnist.npz"
+        for n in names
+        if not (n in IMAGE_ROWS and IMAGE_ROWS[n][0].startswith("digits"))
+    }
     missing = sorted(n for n in needed if not (SHARED / n).exists())
     if missing:
         sys.exit(f"{SHARED}: missing {', '.join(missing)} (pass --data DIR or set LABELFIX_DATA)")
     from labelfix.files.outputs import atomic_write_bytes, atomic_write_json
 
-    command = "make bench" if len(names) == len(FMNIST_ROWS) + len(CIFAR_ROWS) + len(IMAGE_ROWS) else " ".join(["python", *sys.argv])
+    command = (
+        "make bench"
+        if len(names) == len(FMNIST_ROWS) + len(CIFAR_ROWS) + len(IMAGE_ROWS)
+        else " ".join(["python", *sys.argv])
+    )
     args.docs.mkdir(parents=True, exist_ok=True)
 
     def write(results: dict) -> str:
@@ -346,7 +393,9 @@ def main() -> None:
         done = f" ({len(results)} of {len(names)} rows done)" if len(results) < len(names) else ""
         md = markdown(results, command + done, total, args.repeats)
         atomic_write_bytes(args.docs / "benchmarks.md", md.encode())
-        atomic_write_json(args.docs / "benchmarks.json", {"command": command, "total_s": round(total, 1), "rows": results})
+        atomic_write_json(
+            args.docs / "benchmarks.json", {"command": command, "total_s": round(total, 1), "rows": results}
+        )
         return md
 
     results = run_matrix(names, args.repeats, args.work, args.reuse, on_row=write)

@@ -37,7 +37,17 @@ def main() -> None:
     results = []
     for model in ("resnet18", "swin"):
         out = args.work / f"run_{model}"
-        cmd = [exe, "scan", "--labels", str(csv), "--pred-probs", str(DATA / f"pred_probs_{model}.npy"), "--out", str(out), "--json"]
+        cmd = [
+            exe,
+            "scan",
+            "--labels",
+            str(csv),
+            "--pred-probs",
+            str(DATA / f"pred_probs_{model}.npy"),
+            "--out",
+            str(out),
+            "--json",
+        ]
         t = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True)
         wall = time.perf_counter() - t
@@ -49,17 +59,19 @@ def main() -> None:
         truth = noisy != true
         m = precision_recall_f1(df["is_issue"].to_numpy(), truth)
         soft = np.stack(ref["soft_label"].to_numpy())
-        results.append({
-            "model": model,
-            "command": " ".join(cmd),
-            "scan_wall_s": round(wall, 1),
-            "precision": round(m["precision"], 4),
-            "recall": round(m["recall"], 4),
-            "f1": round(m["f1"], 4),
-            "auroc": round(auroc(df["issue_score"].to_numpy(), truth), 4),
-            "refined_accuracy": round(float((soft.argmax(1) == true).mean()), 4),
-            "given_accuracy": round(float((noisy == true).mean()), 4),
-        })
+        results.append(
+            {
+                "model": model,
+                "command": " ".join(cmd),
+                "scan_wall_s": round(wall, 1),
+                "precision": round(m["precision"], 4),
+                "recall": round(m["recall"], 4),
+                "f1": round(m["f1"], 4),
+                "auroc": round(auroc(df["issue_score"].to_numpy(), truth), 4),
+                "refined_accuracy": round(float((soft.argmax(1) == true).mean()), 4),
+                "given_accuracy": round(float((noisy == true).mean()), 4),
+            }
+        )
     print(json.dumps(results, indent=2))
 
 

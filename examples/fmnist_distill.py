@@ -55,9 +55,15 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--student", default="resnet18")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--augment", default="on", choices=["on", "off"], help="distill --augment, used for all three students")
-    ap.add_argument("--distill-rounds", type=int, default=1,
-                    help="distill --rounds: students trained in turn, each on the previous mutual round's labels")
+    ap.add_argument(
+        "--augment", default="on", choices=["on", "off"], help="distill --augment, used for all three students"
+    )
+    ap.add_argument(
+        "--distill-rounds",
+        type=int,
+        default=1,
+        help="distill --rounds: students trained in turn, each on the previous mutual round's labels",
+    )
     ap.add_argument("--curves", action="store_true", help="also log the baselines' test accuracy after every epoch")
     ap.add_argument("--json-out", type=Path, default=None, help="also write the result here")
     args = ap.parse_args()
@@ -74,7 +80,9 @@ def main() -> None:
     train_idx = stratified_subset(all_labels, 20_000, args.seed)
     rest = np.setdiff1d(np.arange(len(all_labels)), train_idx)
     rng = np.random.default_rng([args.seed, 99])
-    test_idx = np.sort(np.concatenate([rng.choice(rest[all_labels[rest] == k], 1000, replace=False) for k in range(10)]))
+    test_idx = np.sort(
+        np.concatenate([rng.choice(rest[all_labels[rest] == k], 1000, replace=False) for k in range(10)])
+    )
     test_dir = args.work / "test"
     (test_dir / "images").mkdir(parents=True, exist_ok=True)
     names = [f"t{i:05d}.png" for i in range(len(test_idx))]
@@ -87,16 +95,42 @@ def main() -> None:
     subprocess.run([exe, "refine", str(run), "--json"], check=True, capture_output=True)
     before = refined_accuracy(run, truth)
     t1 = time.perf_counter()
-    cmd = [exe, "distill", str(run), "--student", args.student, "--epochs", str(args.epochs), "--seed", str(args.seed),
-           "--augment", args.augment, "--rounds", str(args.distill_rounds), "--json"]
+    cmd = [
+        exe,
+        "distill",
+        str(run),
+        "--student",
+        args.student,
+        "--epochs",
+        str(args.epochs),
+        "--seed",
+        str(args.seed),
+        "--augment",
+        args.augment,
+        "--rounds",
+        str(args.distill_rounds),
+        "--json",
+    ]
     subprocess.run(cmd, check=True, capture_output=True)
     distill_s = time.perf_counter() - t1
     after = refined_accuracy(run, truth)
     distill_report = json.loads((run / "distill.json").read_text())
     pred = subprocess.run(
-        [exe, "predict", str(test_dir / "images"), "--model", str(run / "student.pt"), "--labels",
-         str(test_dir / "labels.csv"), "--out", str(args.work / "pred"), "--json"],
-        check=True, capture_output=True, text=True,
+        [
+            exe,
+            "predict",
+            str(test_dir / "images"),
+            "--model",
+            str(run / "student.pt"),
+            "--labels",
+            str(test_dir / "labels.csv"),
+            "--out",
+            str(args.work / "pred"),
+            "--json",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
     )
     cleaned_acc = json.loads(pred.stdout)["accuracy"]
 
@@ -104,12 +138,16 @@ def main() -> None:
     summary = json.loads((run / "summary.json").read_text())
     class_names = summary["class_names"]
     index = {c: j for j, c in enumerate(class_names)}
-    images = np.memmap(run / summary["images"]["cache"], dtype=np.uint8, mode="r", shape=tuple(summary["images"]["shape"]))
+    images = np.memmap(
+        run / summary["images"]["cache"], dtype=np.uint8, mode="r", shape=tuple(summary["images"]["shape"])
+    )
     with tempfile.TemporaryDirectory() as tmp:
         test_arr = decode_images([test_dir / "images" / n for n in names], Path(tmp) / "t.u8", images.shape[1]).open()
         test_y = np.array([index[c] for c in test_true])
         baselines = {}
-        cfg = DistillConfig(student=args.student, epochs=args.epochs, kd_weight=0.0, augment=args.augment, seed=args.seed)
+        cfg = DistillConfig(
+            student=args.student, epochs=args.epochs, kd_weight=0.0, augment=args.augment, seed=args.seed
+        )
         for label_name, labels in (("noisy", noisy), ("true", truth)):
             t = time.perf_counter()
             y = np.array([index[c] for c in labels])
@@ -124,9 +162,16 @@ def main() -> None:
                 probs, _ = infer(m, tb, np.arange(len(test_y)))
                 return {"test_accuracy": round(float((probs.argmax(1) == test_y).mean()), 4)}
 
-            logs = train_classifier(model, batches, np.arange(len(y)), np.eye(len(class_names), dtype=np.float32)[y],
-                                    np.ones(len(y), np.float32), cfg, description=f"baseline-{label_name}",
-                                    on_epoch=test_accuracy if args.curves else None)
+            logs = train_classifier(
+                model,
+                batches,
+                np.arange(len(y)),
+                np.eye(len(class_names), dtype=np.float32)[y],
+                np.ones(len(y), np.float32),
+                cfg,
+                description=f"baseline-{label_name}",
+                on_epoch=test_accuracy if args.curves else None,
+            )
             baselines[label_name] = {**test_accuracy(args.epochs, model), "seconds": round(time.perf_counter() - t, 1)}
             if args.curves:
                 baselines[label_name]["test_accuracy_per_epoch"] = [e["test_accuracy"] for e in logs]
@@ -139,11 +184,18 @@ def main() -> None:
         "refine_teacher_only": before,
         "refine_after_distill_mutual_round": after,
         "distill_heldout_accuracy_vs_refined": distill_report["heldout_accuracy_vs_refined"],
-        "test_accuracy": {"cleaned (labelfix distill)": cleaned_acc, "noisy labels": baselines["noisy"]["test_accuracy"],
-                          "true labels": baselines["true"]["test_accuracy"]},
+        "test_accuracy": {
+            "cleaned (labelfix distill)": cleaned_acc,
+            "noisy labels": baselines["noisy"]["test_accuracy"],
+            "true labels": baselines["true"]["test_accuracy"],
+        },
         "baseline_curves": {k: v.get("test_accuracy_per_epoch") for k, v in baselines.items()} if args.curves else None,
-        "seconds": {"refine": round(t1 - t0, 1), "distill": round(distill_s, 1),
-                    "baseline_noisy": baselines["noisy"]["seconds"], "baseline_true": baselines["true"]["seconds"]},
+        "seconds": {
+            "refine": round(t1 - t0, 1),
+            "distill": round(distill_s, 1),
+            "baseline_noisy": baselines["noisy"]["seconds"],
+            "baseline_true": baselines["true"]["seconds"],
+        },
         "distill_command": " ".join(cmd),
     }
     result["seconds"]["whole_run"] = round(time.perf_counter() - t0, 1)

@@ -58,8 +58,18 @@ def main() -> None:
     root = args.work / f"fmnist-{args.n}-sym{int(args.noise * 100)}-s{args.seed}"
     y, noisy = write_folder(root, args.n, args.noise, args.seed)
     out = root / "run"
-    cmd = [str(Path(sys.executable).parent / "labelfix"), "scan", str(root / "images"), "--labels",
-           str(root / "labels.csv"), "--out", str(out), "--seed", str(args.seed), "--json"]
+    cmd = [
+        str(Path(sys.executable).parent / "labelfix"),
+        "scan",
+        str(root / "images"),
+        "--labels",
+        str(root / "labels.csv"),
+        "--out",
+        str(out),
+        "--seed",
+        str(args.seed),
+        "--json",
+    ]
     t = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.perf_counter() - t
@@ -81,7 +91,12 @@ def main() -> None:
         "auroc": round(auroc(df["issue_score"].to_numpy(), truth), 4),
         "estimated_noise_rate": summary["estimated_noise_rate"],
         "teacher_accuracy_vs_true": round(
-            float((np.array(summary["class_names"])[np.stack(df["teacher_probs"]).argmax(1)] == np.array(CLASSES)[y]).mean()), 4
+            float(
+                (
+                    np.array(summary["class_names"])[np.stack(df["teacher_probs"]).argmax(1)] == np.array(CLASSES)[y]
+                ).mean()
+            ),
+            4,
         ),
     }
     print(json.dumps(result, indent=2))

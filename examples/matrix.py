@@ -129,16 +129,43 @@ def _catalogue() -> dict[str, tuple[str, dict]]:
     # probe 16d sigma 0.4 / 8d sigma 0.6 / 8d sigma 1.0: ~0.99 / 0.87 / 0.72 (30% symmetric).
     ten = dict(n=12_000, num_classes=10)
     s("syn10-comparable-sym30", **ten, emb_noise=3.5, probe_dim=8, probe_noise=0.6, noise="symmetric", rate=0.3)
-    s("syn10-comparable-sym30-s1", **ten, emb_noise=3.5, probe_dim=8, probe_noise=0.6, noise="symmetric", rate=0.3, seed=1)
+    s(
+        "syn10-comparable-sym30-s1",
+        **ten,
+        emb_noise=3.5,
+        probe_dim=8,
+        probe_noise=0.6,
+        noise="symmetric",
+        rate=0.3,
+        seed=1,
+    )
     s("syn10-embstrong-sym30", **ten, emb_noise=2.5, probe_dim=8, probe_noise=1.0, noise="symmetric", rate=0.3)
     s("syn10-probstrong-sym30", **ten, emb_noise=4.0, probe_dim=16, probe_noise=0.4, noise="symmetric", rate=0.3)
     s("syn10-weak-sym40", **ten, emb_noise=4.0, probe_dim=8, probe_noise=1.0, noise="symmetric", rate=0.4)
     # the probe sees a projection of the embeddings themselves (6 sub-clusters per class):
     # 32 dims ~0.61 probe accuracy (embeddings ~0.94); 8 dims ~0.29, a teacher near useless
-    s("syn10-degraded-sym30", **ten, emb_noise=3.0, probe_dim=32, probe_noise=0.5, probe_from="embeddings", subclusters=6,
-      noise="symmetric", rate=0.3)
-    s("syn10-uselessprobs-sym30", **ten, emb_noise=3.0, probe_dim=8, probe_noise=0.5, probe_from="embeddings", subclusters=6,
-      noise="symmetric", rate=0.3)
+    s(
+        "syn10-degraded-sym30",
+        **ten,
+        emb_noise=3.0,
+        probe_dim=32,
+        probe_noise=0.5,
+        probe_from="embeddings",
+        subclusters=6,
+        noise="symmetric",
+        rate=0.3,
+    )
+    s(
+        "syn10-uselessprobs-sym30",
+        **ten,
+        emb_noise=3.0,
+        probe_dim=8,
+        probe_noise=0.5,
+        probe_from="embeddings",
+        subclusters=6,
+        noise="symmetric",
+        rate=0.3,
+    )
     s("syn10-comparable-pair20", **ten, emb_noise=3.5, probe_dim=8, probe_noise=0.6, noise="pair", rate=0.2)
     s("syn10-embstrong-pair20", **ten, emb_noise=2.5, probe_dim=8, probe_noise=1.0, noise="pair", rate=0.2)
     s("syn10-probstrong-rpair20", **ten, emb_noise=4.0, probe_dim=16, probe_noise=0.4, noise="random-pair", rate=0.2)
@@ -305,9 +332,12 @@ def commit() -> str:
     import subprocess
 
     try:
-        head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True).stdout.strip()
+        head = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True
+        ).stdout.strip()
         return head + (" (with uncommitted changes)" if dirty else "")
     except OSError:
         return "?"
@@ -351,12 +381,20 @@ def markdown(results: list[dict], h: dict, command: str, head: str, total: int) 
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--rows", help="regex (or substring) matched against row names")
     ap.add_argument("--quick", action="store_true", help=f"the {len(QUICK)} representative rows: {', '.join(QUICK)}")
     ap.add_argument("--jobs", type=int, default=1, help="rows run in parallel (processes; default 1)")
-    ap.add_argument("--out", type=Path, help="keep each row's work files (CSV, .npy, run folder) under DIR (default: a temp dir, removed)")
-    ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder holding cifar10s-pred-probs/ (default ../shared/data)")
+    ap.add_argument(
+        "--out",
+        type=Path,
+        help="keep each row's work files (CSV, .npy, run folder) under DIR (default: a temp dir, removed)",
+    )
+    ap.add_argument(
+        "--data", type=Path, default=DEFAULT_DATA, help="folder holding cifar10s-pred-probs/ (default ../shared/data)"
+    )
     ap.add_argument("--docs", type=Path, default=ROOT / "docs", help="where matrix.md / matrix.json go")
     ap.add_argument("--list", action="store_true", help="print the row names and exit")
     args = ap.parse_args(argv)
@@ -389,7 +427,9 @@ def main(argv: list[str] | None = None) -> int:
     def write() -> None:
         ordered = [results[n] for n in names if n in results]
         h = headline(ordered)
-        atomic_write_json(args.docs / f"{stem}.json", {"command": command, "code": head, "headline": h, "rows": ordered})
+        atomic_write_json(
+            args.docs / f"{stem}.json", {"command": command, "code": head, "headline": h, "rows": ordered}
+        )
         atomic_write_bytes(args.docs / f"{stem}.md", markdown(ordered, h, command, head, len(names)).encode())
 
     def report(res: dict) -> None:
@@ -398,9 +438,11 @@ def main(argv: list[str] | None = None) -> int:
             msg = f"CRASH {res['crash']}"
         else:
             lf = res.get("labelfix") or {}
-            msg = (f"labelfix F1 {_fmt(lf.get('f1'))} vs {_fmt(res.get('best_cleanlab_f1'))} ({res.get('best_cleanlab')}) "
-                   f"ratio {_fmt(res.get('ratio'))}; refined {_fmt(res.get('refined_argmax_accuracy'))} / "
-                   f"{_fmt(res.get('refined_csv_accuracy'))} floor {_fmt(res.get('floor'))}")
+            msg = (
+                f"labelfix F1 {_fmt(lf.get('f1'))} vs {_fmt(res.get('best_cleanlab_f1'))} ({res.get('best_cleanlab')}) "
+                f"ratio {_fmt(res.get('ratio'))}; refined {_fmt(res.get('refined_argmax_accuracy'))} / "
+                f"{_fmt(res.get('refined_csv_accuracy'))} floor {_fmt(res.get('floor'))}"
+            )
             if res.get("labelfix_error"):
                 msg += f"; labelfix {res['labelfix_error']['type']}: {res['labelfix_error']['message'][:100]}"
         print(f"[{len(results)}/{len(names)}] {res['name']}: {msg} ({res.get('row_s')} s)", flush=True)

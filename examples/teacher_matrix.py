@@ -69,7 +69,9 @@ def _tint(images: np.ndarray, seed: int) -> np.ndarray:
 
 def _stratified(labels: np.ndarray, per_class: dict[int, int], seed: int) -> np.ndarray:
     rng = np.random.default_rng([seed, 5])
-    return np.sort(np.concatenate([rng.choice(np.flatnonzero(labels == k), m, replace=False) for k, m in per_class.items()]))
+    return np.sort(
+        np.concatenate([rng.choice(np.flatnonzero(labels == k), m, replace=False) for k, m in per_class.items()])
+    )
 
 
 def digits() -> tuple[np.ndarray, np.ndarray]:
@@ -107,8 +109,16 @@ def many_class_rgb(n: int, seed: int):
     rng = np.random.default_rng([seed, 26])
     per = max(10, n // 26)
     dx, dy = digits()
-    pick = np.sort(np.concatenate([rng.choice(np.flatnonzero(dy == k), min(per, int((dy == k).sum())), replace=False) for k in range(10)]))
-    turn = np.sort(np.concatenate([rng.choice(np.flatnonzero(dy == k), min(per, int((dy == k).sum())), replace=False) for k in range(2, 8)]))
+    pick = np.sort(
+        np.concatenate(
+            [rng.choice(np.flatnonzero(dy == k), min(per, int((dy == k).sum())), replace=False) for k in range(10)]
+        )
+    )
+    turn = np.sort(
+        np.concatenate(
+            [rng.choice(np.flatnonzero(dy == k), min(per, int((dy == k).sum())), replace=False) for k in range(2, 8)]
+        )
+    )
     fx, fy = fmnist(10 * per, seed)
     x = np.concatenate([_resize(dx[pick], 32), np.rot90(_resize(dx[turn], 32), 1, axes=(1, 2)), _resize(fx, 32)])
     y = np.concatenate([dy[pick], dy[turn] - 2 + 10, fy + 16])
@@ -146,8 +156,16 @@ def build(name: str, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 ROWS = [
-    "digits", "fmnist", "fmnist-rgb", "fmnist-inverted", "fmnist-binary", "fmnist-16px",
-    "fmnist-32px-rgb", "fmnist-2class", "fmnist-longtail", "many-class-rgb",
+    "digits",
+    "fmnist",
+    "fmnist-rgb",
+    "fmnist-inverted",
+    "fmnist-binary",
+    "fmnist-16px",
+    "fmnist-32px-rgb",
+    "fmnist-2class",
+    "fmnist-longtail",
+    "many-class-rgb",
 ]
 QUICK = ["digits", "fmnist-16px", "many-class-rgb"]
 
@@ -169,7 +187,9 @@ def teacher_accuracy(images, given, true, c, cfg, seed, device) -> dict:
         "seconds": round(time.perf_counter() - t0, 1),
         "seconds_per_fold": [f.get("seconds") for f in folds],
         # time spent scoring the learning-curve rows (part of seconds_per_fold)
-        "curve_seconds_per_fold": [round(sum(a.get("curve_seconds", 0.0) for a in f.get("attempts", [])), 2) for f in folds],
+        "curve_seconds_per_fold": [
+            round(sum(a.get("curve_seconds", 0.0) for a in f.get("attempts", [])), 2) for f in folds
+        ],
     }
 
 
@@ -182,8 +202,11 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--no-ceiling", action="store_true", help="skip the clean-label runs")
-    ap.add_argument("--baseline", action="store_true",
-                    help="the recipe before issue 10 (GCE from the start, per-data-set normalisation, no restart), for comparison")
+    ap.add_argument(
+        "--baseline",
+        action="store_true",
+        help="the recipe before issue 10 (GCE from the start, per-data-set normalisation, no restart), for comparison",
+    )
     ap.add_argument("--out", type=Path, default=Path("teacher_matrix.json"))
     args = ap.parse_args()
     rows = args.rows.split(",") if args.rows else (QUICK if args.quick else ROWS)
@@ -199,7 +222,10 @@ def main() -> None:
         c = int(true.max()) + 1
         given = inject("symmetric", true, args.noise, c, args.seed)
         row = {
-            "row": name, "n": int(len(true)), "shape": list(images.shape[1:]), "classes": c,
+            "row": name,
+            "n": int(len(true)),
+            "shape": list(images.shape[1:]),
+            "classes": c,
             "chance": round(float(np.bincount(true, minlength=c).max() / len(true)), 4),
             "noise": round(float((given != true).mean()), 4),
         }
@@ -209,10 +235,24 @@ def main() -> None:
             row["gap"] = round(row["ceiling"]["acc_true"] - row["noisy"]["acc_true"], 4)
         results.append(row)
         print(json.dumps(row), file=sys.stderr, flush=True)
-        args.out.write_text(json.dumps({"noise": args.noise, "n": args.n, "seed": args.seed, "baseline": args.baseline, "config": cfg.__dict__, "rows": results}, indent=1))
+        args.out.write_text(
+            json.dumps(
+                {
+                    "noise": args.noise,
+                    "n": args.n,
+                    "seed": args.seed,
+                    "baseline": args.baseline,
+                    "config": cfg.__dict__,
+                    "rows": results,
+                },
+                indent=1,
+            )
+        )
     recipe = "baseline recipe (--baseline)" if args.baseline else "default TeacherConfig"
     print(f"\nauto teacher, {recipe}, {args.noise:.0%} symmetric noise, device {args.device}, seed {args.seed}\n")
-    print("| row | N | shape | C | chance | acc (noisy labels) | ceiling (true labels) | gap | recipes | restarts | s |")
+    print(
+        "| row | N | shape | C | chance | acc (noisy labels) | ceiling (true labels) | gap | recipes | restarts | s |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         nz, ce = r["noisy"], r.get("ceiling", {})

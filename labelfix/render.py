@@ -29,11 +29,16 @@ def render_scan(summary: dict, as_json: bool = False) -> None:
         t.add_row(row["class"], str(row["n"]), str(row["issues"]), f"{row['estimated_noise_rate']:.1%}")
     t.add_section()
     t.add_row(
-        "all", str(summary["counts"]["samples"]), str(summary["counts"]["issues"]), f"{summary['estimated_noise_rate']:.1%}"
+        "all",
+        str(summary["counts"]["samples"]),
+        str(summary["counts"]["issues"]),
+        f"{summary['estimated_noise_rate']:.1%}",
     )
     con.print(t)
     times = ", ".join(f"{k} {v:.1f}s" for k, v in summary["timings_s"].items())
-    con.print(f"teacher agreement with given labels (out-of-sample): {summary['teacher_heldout_agreement_with_given']:.1%}")
+    con.print(
+        f"teacher agreement with given labels (out-of-sample): {summary['teacher_heldout_agreement_with_given']:.1%}"
+    )
     con.print(f"time: {times}")
     for w in summary.get("warnings", []):
         con.print(f"[bold yellow]warning:[/] {w}")
@@ -66,13 +71,19 @@ def render_refine(stats: dict, as_json: bool = False) -> None:
     for col in ("class", "samples", "relabelled from", "relabelled to", "review"):
         t.add_column(col, justify="left" if col == "class" else "right")
     for row in stats["per_class"]:
-        t.add_row(row["class"], str(row["n"]), str(row["relabelled_from"]), str(row["relabelled_to"]), str(row["review"]))
+        t.add_row(
+            row["class"], str(row["n"]), str(row["relabelled_from"]), str(row["relabelled_to"]), str(row["review"])
+        )
     t.add_section()
     c = stats["counts"]
-    t.add_row("all", str(sum(r["n"] for r in stats["per_class"])), str(c["relabel"]), str(c["relabel"]), str(c["review"]))
+    t.add_row(
+        "all", str(sum(r["n"] for r in stats["per_class"])), str(c["relabel"]), str(c["relabel"]), str(c["review"])
+    )
     con.print(t)
-    con.print(f"keep {c['keep']}, relabel {c['relabel']}, review {c['review']}; mean ambiguity {stats['mean_ambiguity']:.3f}; "
-              f"mutual rounds: {'yes' if stats['mutual_rounds'] else 'no'}{_view_note(stats)}; {stats['time_s']:.1f}s")
+    con.print(
+        f"keep {c['keep']}, relabel {c['relabel']}, review {c['review']}; mean ambiguity {stats['mean_ambiguity']:.3f}; "
+        f"mutual rounds: {'yes' if stats['mutual_rounds'] else 'no'}{_view_note(stats)}; {stats['time_s']:.1f}s"
+    )
 
 
 def _view_note(stats: dict) -> str:
@@ -144,7 +155,9 @@ def render_bench(row: dict, as_json: bool = False) -> None:
     from rich.table import Table
 
     con = _console()
-    t = Table(title=f"labelfix bench: {row['samples']} samples, {row['noise']} noise, actual rate {row['actual_noise_rate']:.1%}")
+    t = Table(
+        title=f"labelfix bench: {row['samples']} samples, {row['noise']} noise, actual rate {row['actual_noise_rate']:.1%}"
+    )
     for col in ("method", "precision", "recall", "F1", "AUROC", "flagged"):
         t.add_column(col, justify="left" if col == "method" else "right")
     methods = {"labelfix flags": row["labelfix flags"], "labelfix refined != given": row["labelfix refined != given"]}
@@ -156,5 +169,7 @@ def render_bench(row: dict, as_json: bool = False) -> None:
         au = "-" if m["auroc"] is None else f"{m['auroc']:.3f}"
         t.add_row(name, f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}", au, str(m["flagged"]))
     con.print(t)
-    con.print(f"refined-label accuracy {row['refined_accuracy']:.3f} (given {row['given_accuracy']:.3f}); "
-              f"teacher accuracy {row['teacher_accuracy']:.3f}; scan {row['scan_wall_s']:.0f}s")
+    con.print(
+        f"refined-label accuracy {row['refined_accuracy']:.3f} (given {row['given_accuracy']:.3f}); "
+        f"teacher accuracy {row['teacher_accuracy']:.3f}; scan {row['scan_wall_s']:.0f}s"
+    )

@@ -36,7 +36,7 @@ def check_precision(precision: str) -> None:
 
 
 def resolve_precision(device: str, precision: str = "auto") -> str:
-    """"fp32" or "bf16". auto = bfloat16 where the hardware computes it natively (CUDA GPUs with
+    """ "fp32" or "bf16". auto = bfloat16 where the hardware computes it natively (CUDA GPUs with
     bf16, CPUs with AVX512-BF16 or AMX: about 2x faster training at the same accuracy, measured in
     docs/experiments.md), else float32."""
     import torch

@@ -74,9 +74,11 @@ def test_fold_assignment_does_not_depend_on_labels():
     f = fold_assignment(60, 2, 1)
     _, s1 = crossfit_linear_head(feats, y1, 3, 2, 1, "cpu", epochs=2)
     _, s2 = crossfit_linear_head(feats, y2, 3, 2, 1, "cpu", epochs=2)
-    assert [s["n_scored"] for s in s1["folds"]] == [s["n_scored"] for s in s2["folds"]] == [
-        int((f == k).sum()) for k in range(2)
-    ]
+    assert (
+        [s["n_scored"] for s in s1["folds"]]
+        == [s["n_scored"] for s in s2["folds"]]
+        == [int((f == k).sum()) for k in range(2)]
+    )
 
 
 def test_linear_head_is_out_of_sample():

@@ -70,7 +70,9 @@ def test_embeddings_with_wrong_rows(synthetic, tmp_path):
     d, csv, *_ = synthetic
     np.save(tmp_path / "short.npy", np.zeros((N - 1, 8), np.float32))
     out = tmp_path / "out"
-    r = run_cli(["scan", "--labels", csv, "--pred-probs", d / "probs.npy", "--embeddings", tmp_path / "short.npy", "--out", out])
+    r = run_cli(
+        ["scan", "--labels", csv, "--pred-probs", d / "probs.npy", "--embeddings", tmp_path / "short.npy", "--out", out]
+    )
     assert r.exit_code == 2
     assert "--embeddings" in stderr_of(r) and f"{N - 1} rows" in stderr_of(r)
     assert not out.exists()
@@ -86,7 +88,9 @@ def test_shuffled_labels_score_far_lower(synthetic, tmp_path):
     r = run_cli(["scan", "--labels", csv, "--pred-probs", tmp_path / "shuffled.npy", "--out", out])
     assert r.exit_code == 5, stderr_of(r)  # probabilities at chance: the weak-teacher gate stops it
     assert not (out / "scan.parquet").exists()
-    r = run_cli(["scan", "--labels", csv, "--pred-probs", tmp_path / "shuffled.npy", "--out", out, "--allow-weak-teacher"])
+    r = run_cli(
+        ["scan", "--labels", csv, "--pred-probs", tmp_path / "shuffled.npy", "--out", out, "--allow-weak-teacher"]
+    )
     assert r.exit_code == 0, stderr_of(r)
     flags = pq.read_table(out / "scan.parquet").column("is_issue").to_numpy(zero_copy_only=False)
     assert precision_recall_f1(flags, flip)["f1"] < 0.5

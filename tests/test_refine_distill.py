@@ -150,7 +150,18 @@ def test_distill_errors(digits_run, tmp_path):
     probs[np.arange(len(y)), y] += 0.7
     np.save(tmp_path / "p.npy", probs / probs.sum(1, keepdims=True))
     pd.DataFrame({"path": [f"r{i}" for i in range(len(y))], "label": y}).to_csv(tmp_path / "l.csv", index=False)
-    r = _cli(["scan", "--labels", tmp_path / "l.csv", "--pred-probs", tmp_path / "p.npy", "--out", tmp_path / "run", "--json"])
+    r = _cli(
+        [
+            "scan",
+            "--labels",
+            tmp_path / "l.csv",
+            "--pred-probs",
+            tmp_path / "p.npy",
+            "--out",
+            tmp_path / "run",
+            "--json",
+        ]
+    )
     assert r.exit_code == 0, r.output
     assert _cli(["refine", tmp_path / "run", "--json"]).exit_code == 0
     r = _cli(["distill", tmp_path / "run", "--epochs", "1"])
@@ -195,13 +206,23 @@ def test_train_classifier_on_epoch_and_no_augmentation(monkeypatch):
 
     def run(augment, shift_seed):
         # record the pad train_classifier asks for; the shift itself draws from `shift_seed`
-        monkeypatch.setattr(teacher, "_random_shift",
-                            lambda x, gen, pad: pads.append(pad) or shift(x, torch.Generator().manual_seed(shift_seed), pad))
+        monkeypatch.setattr(
+            teacher,
+            "_random_shift",
+            lambda x, gen, pad: pads.append(pad) or shift(x, torch.Generator().manual_seed(shift_seed), pad),
+        )
         torch.manual_seed(0)
         model, size, _ = build_student("resnet18", 4, 8)
         cfg = DistillConfig(epochs=2, batch_size=16, augment=augment, seed=0, precision="fp32")
-        logs = train_classifier(model, student_batches(images, size, "cpu"), np.arange(64), y, np.ones(64, np.float32), cfg,
-                                on_epoch=lambda e, m: {"e": e})
+        logs = train_classifier(
+            model,
+            student_batches(images, size, "cpu"),
+            np.arange(64),
+            y,
+            np.ones(64, np.float32),
+            cfg,
+            on_epoch=lambda e, m: {"e": e},
+        )
         return logs, [p.detach().clone() for p in model.parameters()]
 
     logs, a = run("off", 1)
@@ -230,7 +251,9 @@ def test_checkpoint_is_not_resumed_for_other_labels(tmp_path):
         torch.manual_seed(0)
         model, size, _ = build_student("resnet18", 4, 8)
         y = np.eye(4, dtype=np.float32)[labels]
-        return train_classifier(model, student_batches(images, size, "cpu"), np.arange(48), y, np.ones(48, np.float32), cfg, checkpoint=ck)
+        return train_classifier(
+            model, student_batches(images, size, "cpu"), np.arange(48), y, np.ones(48, np.float32), cfg, checkpoint=ck
+        )
 
     a = rng.integers(0, 4, 48)
     first = run(a)

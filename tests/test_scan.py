@@ -20,8 +20,15 @@ from labelfix.files.inputs import decode_images
 
 WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 SCHEMA_COLUMNS = [
-    "path", "given_label", "teacher_probs", "clean_prob", "is_issue", "issue_score",
-    "label_quality", "suggested_label", "partition",
+    "path",
+    "given_label",
+    "teacher_probs",
+    "clean_prob",
+    "is_issue",
+    "issue_score",
+    "label_quality",
+    "suggested_label",
+    "partition",
 ]
 # a deliberately tiny teacher for the mechanics of mixed image modes: near chance, so allowed
 SMALL = ScanConfig(device="cpu", allow_weak_teacher=True, teacher=TeacherConfig(epochs=2, width=8))

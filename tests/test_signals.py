@@ -20,7 +20,17 @@ def test_sigterm_leaves_no_partial_output(tmp_path):
     out = tmp_path / "run"
     exe = Path(sys.executable).parent / "labelfix"
     proc = subprocess.Popen(
-        [str(exe), "scan", str(tmp_path / "data" / "images"), "--labels", str(csv), "--out", str(out), "--epochs", "500"],
+        [
+            str(exe),
+            "scan",
+            str(tmp_path / "data" / "images"),
+            "--labels",
+            str(csv),
+            "--out",
+            str(out),
+            "--epochs",
+            "500",
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

@@ -44,7 +44,9 @@ def test_stall_is_detected_and_reported(digits300):
 def test_restart_recovers_a_stalled_fold(digits300, monkeypatch):
     """A first recipe that cannot learn is replaced by the fallback, which does."""
     images, y = digits300
-    monkeypatch.setattr(teacher_mod, "recipes", lambda cfg: [Recipe("frozen", "gce", 0.0, 0.25), Recipe("ce", "ce", 0.01, 1.0)])
+    monkeypatch.setattr(
+        teacher_mod, "recipes", lambda cfg: [Recipe("frozen", "gce", 0.0, 0.25), Recipe("ce", "ce", 0.01, 1.0)]
+    )
     out = train_auto_teacher(images, y, 10, TeacherConfig(epochs=8, width=8), 0, "cpu")
     assert out.stats["restarts"] == 2 and out.stats["stalled_folds"] == 0
     for fold in out.stats["folds"]:
@@ -188,8 +190,19 @@ def test_informative_embeddings_rescue_uniform_probabilities(tmp_path):
     centres = rng.normal(0, 4, (c, 16))
     np.save(tmp_path / "emb.npy", (centres[yt] + rng.normal(0, 1, (n, 16))).astype(np.float32))
     out = tmp_path / "run"
-    res = run_cli(["scan", "--labels", tmp_path / "labels.csv", "--pred-probs", tmp_path / "probs.npy",
-                   "--embeddings", tmp_path / "emb.npy", "--out", out])
+    res = run_cli(
+        [
+            "scan",
+            "--labels",
+            tmp_path / "labels.csv",
+            "--pred-probs",
+            tmp_path / "probs.npy",
+            "--embeddings",
+            tmp_path / "emb.npy",
+            "--out",
+            out,
+        ]
+    )
     assert res.exit_code == 0, stderr_of(res)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["weak_teacher"] is False and summary["teacher_check"]["embedding_vote"]["weak"] is False

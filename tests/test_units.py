@@ -233,8 +233,12 @@ def test_staged_run_removes_stale_outputs_only_of_a_labelfix_run(tmp_path):
 
 @pytest.mark.parametrize(
     "field, value, flag",
-    [("relabel_min_confidence", 1.5, "--min-confidence"), ("relabel_max_ambiguity", -0.1, "--max-ambiguity"),
-     ("temperature", 0.0, "--temperature"), ("rounds", 0, "--rounds")],
+    [
+        ("relabel_min_confidence", 1.5, "--min-confidence"),
+        ("relabel_max_ambiguity", -0.1, "--max-ambiguity"),
+        ("temperature", 0.0, "--temperature"),
+        ("rounds", 0, "--rounds"),
+    ],
 )
 def test_refine_config_names_the_flag_at_fault(field, value, flag):
     from labelfix.commands.refine import RefineConfig

@@ -53,7 +53,9 @@ def renormalise(p: np.ndarray) -> np.ndarray:
     return np.where(s > 0, p / np.maximum(s, 1e-300), 1.0 / c)
 
 
-def restrict_classes(probs: np.ndarray, y_true: np.ndarray, classes: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def restrict_classes(
+    probs: np.ndarray, y_true: np.ndarray, classes: list[int]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Samples whose true class is in `classes`, their probabilities restricted to those columns
     and renormalised, and the true labels re-indexed 0..len(classes)-1. Returns (rows, probs, y)."""
     classes = list(classes)
@@ -76,7 +78,9 @@ def stratified_subset(y: np.ndarray, n: int, seed: int) -> np.ndarray:
     return np.sort(np.concatenate(out))
 
 
-def cross_fitted_probe(x: np.ndarray, y: np.ndarray, num_classes: int, seed: int, folds: int = 2, c_reg: float = 1.0) -> np.ndarray:
+def cross_fitted_probe(
+    x: np.ndarray, y: np.ndarray, num_classes: int, seed: int, folds: int = 2, c_reg: float = 1.0
+) -> np.ndarray:
     """Out-of-sample probabilities of a linear probe (multinomial logistic regression) trained on
     labels `y` (the noisy ones, as a user's model would be) with K-fold cross-fitting: each row's
     probabilities come from the model that did not see it. Columns follow 0..num_classes-1."""
@@ -182,7 +186,12 @@ def _f(x, nd=4):
 
 def _prf(flags: np.ndarray, truth: np.ndarray) -> dict:
     m = precision_recall_f1(flags, truth)
-    return {"precision": _f(m["precision"]), "recall": _f(m["recall"]), "f1": _f(m["f1"]), "flagged": int(np.sum(flags))}
+    return {
+        "precision": _f(m["precision"]),
+        "recall": _f(m["recall"]),
+        "f1": _f(m["f1"]),
+        "flagged": int(np.sum(flags)),
+    }
 
 
 def cleanlab_all(y: np.ndarray, probs: np.ndarray, emb: np.ndarray | None, truth: np.ndarray) -> dict:
@@ -210,7 +219,10 @@ def cleanlab_all(y: np.ndarray, probs: np.ndarray, emb: np.ndarray | None, truth
             flags = lab.get_issues("label")["is_label_issue"].to_numpy()
             out["Datalab(features)"] = dict(_prf(flags, truth), seconds=_f(time.perf_counter() - t, 2))
         except Exception as exc:  # noqa: BLE001
-            out["Datalab(features)"] = {"error": f"{type(exc).__name__}: {exc}"[:300], "seconds": _f(time.perf_counter() - t, 2)}
+            out["Datalab(features)"] = {
+                "error": f"{type(exc).__name__}: {exc}"[:300],
+                "seconds": _f(time.perf_counter() - t, 2),
+            }
     return out
 
 
@@ -241,15 +253,24 @@ def run_labelfix(row: Row, work: Path, seed: int = 0) -> dict:
     out: dict = {"run": str(run), "class_names": names}
     t = time.perf_counter()
     try:
-        scan(ScanInputs(labels_csv=work / "labels.csv", pred_probs=work / "probs.npy", embeddings=emb_path, classes=names),
-             ScanConfig(seed=seed), run)
+        scan(
+            ScanInputs(
+                labels_csv=work / "labels.csv", pred_probs=work / "probs.npy", embeddings=emb_path, classes=names
+            ),
+            ScanConfig(seed=seed),
+            run,
+        )
         out["scan_s"] = _f(time.perf_counter() - t, 2)
         t = time.perf_counter()
         refine(run)
         out["refine_s"] = _f(time.perf_counter() - t, 2)
     except LabelfixError as exc:
-        out["error"] = {"type": type(exc).__name__, "exit_code": getattr(exc, "exit_code", None), "message": str(exc)[:500],
-                        "stage": "refine" if "scan_s" in out else "scan"}
+        out["error"] = {
+            "type": type(exc).__name__,
+            "exit_code": getattr(exc, "exit_code", None),
+            "message": str(exc)[:500],
+            "stage": "refine" if "scan_s" in out else "scan",
+        }
         out.setdefault("scan_s", _f(time.perf_counter() - t, 2))
     return out
 
@@ -340,8 +361,12 @@ def safe_evaluate(build, name: str, work: Path, seed: int = 0) -> dict:
         res["build_s"] = _f(t_build, 2)
         return res
     except Exception as exc:  # noqa: BLE001 - the matrix records a crashed row and goes on
-        return {"name": name, "crash": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()[-2000:],
-                "row_s": _f(time.perf_counter() - t, 1)}
+        return {
+            "name": name,
+            "crash": f"{type(exc).__name__}: {exc}",
+            "traceback": traceback.format_exc()[-2000:],
+            "row_s": _f(time.perf_counter() - t, 1),
+        }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -386,7 +411,11 @@ def cifar_row(
     true = np.load(d / "true_labels.npy").astype(np.int64)
     given = np.load(d / "noisy_labels.npy").astype(np.int64)
     names = list(CIFAR10_CLASSES)
-    other = None if confusion_model is None else np.load(d / f"pred_probs_{CIFAR_MODELS.get(confusion_model, confusion_model)}.npy")
+    other = (
+        None
+        if confusion_model is None
+        else np.load(d / f"pred_probs_{CIFAR_MODELS.get(confusion_model, confusion_model)}.npy")
+    )
     if classes is not None:
         if noise == "given":
             raise ValueError("a class subset needs re-injected noise (the given noisy labels leave the subset)")

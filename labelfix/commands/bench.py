@@ -49,10 +49,14 @@ def cleanlab_variants(y: np.ndarray, probs: np.ndarray, emb: np.ndarray | None, 
     quality = get_label_quality_scores(y, probs)
     t = time.perf_counter()
     flags = find_label_issues(y, probs)
-    out["cleanlab prune_by_noise_rate"] = dict(_scores(flags, 1 - quality, truth), seconds=round(time.perf_counter() - t, 2))
+    out["cleanlab prune_by_noise_rate"] = dict(
+        _scores(flags, 1 - quality, truth), seconds=round(time.perf_counter() - t, 2)
+    )
     t = time.perf_counter()
     flags = find_label_issues(y, probs, filter_by="predicted_neq_given")
-    out["cleanlab predicted_neq_given"] = dict(_scores(flags, 1 - quality, truth), seconds=round(time.perf_counter() - t, 2))
+    out["cleanlab predicted_neq_given"] = dict(
+        _scores(flags, 1 - quality, truth), seconds=round(time.perf_counter() - t, 2)
+    )
     if emb is not None:
         try:
             from cleanlab import Datalab
@@ -114,7 +118,9 @@ def _evaluate_run(run: Path, y_noisy: np.ndarray, y_true: np.ndarray, compare: b
         "given_accuracy": round(float((~truth).mean()), 4),
         "refined_accuracy": round(float((~wrong_refined).mean()), 4),
         "teacher_accuracy": round(float((list_column(scan_df, "teacher_probs").argmax(1) == y_true).mean()), 4),
-        "ambiguity_wrong_over_right": round(float(amb[wrong_refined].mean() / max(amb[~wrong_refined].mean(), 1e-12)), 2),
+        "ambiguity_wrong_over_right": round(
+            float(amb[wrong_refined].mean() / max(amb[~wrong_refined].mean(), 1e-12)), 2
+        ),
         "seconds": dict(summary["timings_s"], refine=summary["refine"]["time_s"]),
     }
     if compare:
@@ -179,7 +185,14 @@ def bench_images(
         if not record_weak_teacher:
             raise
         row = weak_teacher_row(str(e), y_noisy, y_true)
-        row.update({"noise": noise, "rate": rate, "scan_wall_s": round(time.perf_counter() - t, 1), "png_write_s": round(write_s, 1)})
+        row.update(
+            {
+                "noise": noise,
+                "rate": rate,
+                "scan_wall_s": round(time.perf_counter() - t, 1),
+                "png_write_s": round(write_s, 1),
+            }
+        )
         atomic_write_json(work / "bench.json", row)
         return row
     scan_s = time.perf_counter() - t
@@ -226,12 +239,19 @@ def bench_pred_probs(
         raise InputError(f"noisy labels ({len(y_noisy)}) and true labels ({len(y_true)}) differ in length")
     work = Path(work)
     work.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame({"path": [f"row{i:07d}" for i in range(len(y_noisy))], "label": y_noisy}).to_csv(work / "labels.csv", index=False)
+    pd.DataFrame({"path": [f"row{i:07d}" for i in range(len(y_noisy))], "label": y_noisy}).to_csv(
+        work / "labels.csv", index=False
+    )
     probs = np.load(probs_path, mmap_mode="r")
     classes = [str(k) for k in range(probs.shape[1])]
     run = work / "run"
     t = time.perf_counter()
-    scan(ScanInputs(labels_csv=work / "labels.csv", pred_probs=Path(probs_path), embeddings=embeddings, classes=classes), cfg or ScanConfig(), run, progress)
+    scan(
+        ScanInputs(labels_csv=work / "labels.csv", pred_probs=Path(probs_path), embeddings=embeddings, classes=classes),
+        cfg or ScanConfig(),
+        run,
+        progress,
+    )
     scan_s = time.perf_counter() - t
     refine(run, progress=progress)
     row = _evaluate_run(run, np.asarray(y_noisy), np.asarray(y_true), compare)

@@ -14,7 +14,9 @@ from labelfix.files.outputs import atomic_write_bytes
 from labelfix.progress import Progress
 
 
-def write_digits_folder(root: Path, noise: float, seed: int, n: int | None = None) -> tuple[Path, np.ndarray, np.ndarray]:
+def write_digits_folder(
+    root: Path, noise: float, seed: int, n: int | None = None
+) -> tuple[Path, np.ndarray, np.ndarray]:
     """Write digits as 8x8 PNGs plus `labels.csv` (noisy labels) and `truth.csv`.
 
     Returns (csv path, true labels, noisy labels) in CSV row order.

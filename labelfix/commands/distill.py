@@ -31,7 +31,14 @@ STUDENT_META = "student.json"
 DISTILL_FILE = "distill.json"
 CHECKPOINT = "checkpoints/student-last.pt"
 ROUNDS_STATE = "checkpoints/distill-rounds.json"
-ROUND_KEYS = ("train_rows", "excluded_review_rows", "heldout_accuracy_vs_refined", "mutual_guard", "train_seconds", "mutual_refine")
+ROUND_KEYS = (
+    "train_rows",
+    "excluded_review_rows",
+    "heldout_accuracy_vs_refined",
+    "mutual_guard",
+    "train_seconds",
+    "mutual_refine",
+)
 GUARD_Z = 2.0
 FIXED_SIZE = ("vit", "swin", "maxvit")
 AUGMENTS = ("on", "off")
@@ -209,14 +216,29 @@ def train_classifier(
                 tot_loss += float(loss.detach()) * float(w.sum())
                 tot_w += float(w.sum())
                 task.advance(len(b))
-            logs.append({"epoch": epoch + 1, "loss": round(tot_loss / max(tot_w, 1e-8), 4), "seconds": round(time.perf_counter() - t0, 1)})
+            logs.append(
+                {
+                    "epoch": epoch + 1,
+                    "loss": round(tot_loss / max(tot_w, 1e-8), 4),
+                    "seconds": round(time.perf_counter() - t0, 1),
+                }
+            )
             if on_epoch is not None:
                 logs[-1].update(on_epoch(epoch + 1, model) or {})
                 model.train()
             if checkpoint is not None:
                 checkpoint.parent.mkdir(parents=True, exist_ok=True)
                 tmp = checkpoint.with_suffix(".tmp")
-                torch.save({"key": key, "epoch": epoch, "model": model.state_dict(), "opt": opt.state_dict(), "logs": json.dumps(logs)}, tmp)
+                torch.save(
+                    {
+                        "key": key,
+                        "epoch": epoch,
+                        "model": model.state_dict(),
+                        "opt": opt.state_dict(),
+                        "logs": json.dumps(logs),
+                    },
+                    tmp,
+                )
                 os.replace(tmp, checkpoint)
     model.eval()
     return logs
@@ -359,7 +381,9 @@ def open_run_images(run_dir: Path, summary: dict) -> np.ndarray:
     return np.memmap(path, dtype=np.uint8, mode="r", shape=tuple(info["shape"]))
 
 
-def distill(run_dir: Path, cfg: DistillConfig | None = None, progress: Progress | None = None, mutual_refine: bool = True) -> dict:
+def distill(
+    run_dir: Path, cfg: DistillConfig | None = None, progress: Progress | None = None, mutual_refine: bool = True
+) -> dict:
     """Train the student, save it, and run the mutual refinement round; with cfg.rounds > 1, again
     on the labels each mutual round leaves (a fresh student each round). Returns distill.json's
     content: the last round's report, plus a per-round summary under "rounds".
@@ -397,7 +421,9 @@ def distill(run_dir: Path, cfg: DistillConfig | None = None, progress: Progress 
         if mutual_refine and not report["mutual_guard"]["passed"]:
             # the labels did not move: a further round would train the same student again
             if r < cfg.rounds:
-                report["warnings"].append(f"--rounds {cfg.rounds}: stopped after round {r}, whose student failed the guard")
+                report["warnings"].append(
+                    f"--rounds {cfg.rounds}: stopped after round {r}, whose student failed the guard"
+                )
             break
         if r < cfg.rounds:
             state_path.parent.mkdir(parents=True, exist_ok=True)
@@ -481,7 +507,9 @@ def _distill_round(run_dir: Path, cfg: DistillConfig, progress: Progress, mutual
     atomic_save_npy(run_dir / STUDENT_EMB, feats.astype(np.float32))
     atomic_save_npy(run_dir / STUDENT_PROBS, probs.astype(np.float32))
     # written last, naming the probabilities it was measured with: refine reads the guard here
-    meta["mutual_guard"] = dict(guard, target="refined labels", student_probs_sha256=sha256_file(run_dir / STUDENT_PROBS))
+    meta["mutual_guard"] = dict(
+        guard, target="refined labels", student_probs_sha256=sha256_file(run_dir / STUDENT_PROBS)
+    )
     atomic_write_json(run_dir / STUDENT_META, meta)
     report = {
         "labelfix_version": __version__,
@@ -516,7 +544,9 @@ def _add_refine_warning(run_dir: Path, warning: str) -> None:
     path = run_dir / SUMMARY_FILE
     summary = json.loads(path.read_text())
     section = summary.setdefault("refine", {})
-    section["warnings"] = [w for w in section.get("warnings", []) if not w.startswith("mutual round skipped")] + [warning]
+    section["warnings"] = [w for w in section.get("warnings", []) if not w.startswith("mutual round skipped")] + [
+        warning
+    ]
     atomic_write_json(path, summary)
 
 
@@ -538,7 +568,9 @@ def load_student(model_path: Path, device: str):
     try:
         model.load_state_dict(torch.load(model_path, map_location="cpu", weights_only=True))
     except Exception as exc:
-        raise InputError(f"{model_path}: not the weights {meta_path.name} describes ({exc.__class__.__name__})") from None
+        raise InputError(
+            f"{model_path}: not the weights {meta_path.name} describes ({exc.__class__.__name__})"
+        ) from None
     return model.to(device).eval(), meta
 
 

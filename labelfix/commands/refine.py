@@ -122,7 +122,9 @@ def load_run(run_dir: Path) -> tuple:
     return summary, df, meta, graph, np.load(emb_path, mmap_mode="r")
 
 
-def refine(run_dir: Path, cfg: RefineConfig | None = None, progress: Progress | None = None, mutual: bool = True) -> dict:
+def refine(
+    run_dir: Path, cfg: RefineConfig | None = None, progress: Progress | None = None, mutual: bool = True
+) -> dict:
     """Write refined.parquet and labels.refined.csv into `run_dir`; update summary.json.
 
     A student view left by distill is used (mutual rounds) only when the comparison distill
@@ -160,15 +162,27 @@ def refine(run_dir: Path, cfg: RefineConfig | None = None, progress: Progress | 
         more_graphs["student"] = (s_graph.ids, s_graph.sims)
         extra["student probabilities"] = np.load(run_dir / STUDENT_PROBS)
         if extra["student probabilities"].shape != probs.shape:
-            raise RunDirError(f"{run_dir / STUDENT_PROBS}: shape {extra['student probabilities'].shape}, expected {probs.shape}")
+            raise RunDirError(
+                f"{run_dir / STUDENT_PROBS}: shape {extra['student probabilities'].shape}, expected {probs.shape}"
+            )
 
     seed = int(summary.get("seed", 0))
     with progress.task("refine: noise posterior", total=1) as task:
         # Teacher-only, this is exactly scan's detection (same inputs, seed and rounds); with a
         # student, its probabilities and its graph's vote join the pool, and the likelihood fit
         # gives them the weight the data supports (zero for a useless student).
-        det = detect(probs, y, graph.ids, graph.sims, not graph_from_probs, extra=extra, gamma=cfg.gamma,
-                     seed=seed, rounds=cfg.rounds, more_graphs=more_graphs)
+        det = detect(
+            probs,
+            y,
+            graph.ids,
+            graph.sims,
+            not graph_from_probs,
+            extra=extra,
+            gamma=cfg.gamma,
+            seed=seed,
+            rounds=cfg.rounds,
+            more_graphs=more_graphs,
+        )
         task.advance()
     clean = (1.0 - det.p_wrong).astype(np.float64)
     soft = sharpen(det.posterior, cfg.sharpen_at, cfg.temperature)
@@ -207,7 +221,13 @@ def refine(run_dir: Path, cfg: RefineConfig | None = None, progress: Progress | 
         "config": asdict(cfg),
         "mutual_rounds": bool(student),
         "detection": det.report(),
-        "student_view": "none" if not view else "used" if student else "ignored (--no-mutual)" if not mutual else "skipped (guard)",
+        "student_view": "none"
+        if not view
+        else "used"
+        if student
+        else "ignored (--no-mutual)"
+        if not mutual
+        else "skipped (guard)",
         "mutual_guard": guard,
         "warnings": [guard_warning] if guard_warning else [],
         "counts": {a: int((action == a).sum()) for a in ("keep", "relabel", "review")},
@@ -233,7 +253,9 @@ def refine(run_dir: Path, cfg: RefineConfig | None = None, progress: Progress | 
     return stats
 
 
-def _write_refined_csv(run_dir: Path, summary: dict, df, labels: np.ndarray, action: np.ndarray, drop_review: bool) -> None:
+def _write_refined_csv(
+    run_dir: Path, summary: dict, df, labels: np.ndarray, action: np.ndarray, drop_review: bool
+) -> None:
     """The user's CSV with labels replaced where action is relabel (same columns and order)."""
     import pandas as pd
 

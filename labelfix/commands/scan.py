@@ -205,8 +205,9 @@ def scan(inputs: ScanInputs, cfg: ScanConfig, out: Path, progress: Progress | No
 
                 # the auto teacher's features are trained on half the labels: link rows only in
                 # the space of the fold model that never saw them (graph.build_knn_out_of_fold)
-                graph = build_knn_out_of_fold(emb, fold_assignment(len(y), cfg.teacher.folds, cfg.seed), cfg.k,
-                                               device, progress=progress)
+                graph = build_knn_out_of_fold(
+                    emb, fold_assignment(len(y), cfg.teacher.folds, cfg.seed), cfg.k, device, progress=progress
+                )
             else:
                 graph = build_knn(emb, cfg.k, device, progress=progress)
         # The weak-teacher gate, for every source of probabilities: flags from evidence that agrees
@@ -216,8 +217,10 @@ def scan(inputs: ScanInputs, cfg: ScanConfig, out: Path, progress: Progress | No
         warnings = []
         check = agreement_check(probs, y, c)
         source = (
-            "the --pred-probs probabilities" if inputs.pred_probs is not None
-            else "the auto teacher's out-of-sample probabilities" if cfg.teacher.teacher == "auto"
+            "the --pred-probs probabilities"
+            if inputs.pred_probs is not None
+            else "the auto teacher's out-of-sample probabilities"
+            if cfg.teacher.teacher == "auto"
             else f"the --teacher {cfg.teacher.teacher} probabilities"
         )
         if inputs.embeddings is not None:
@@ -309,7 +312,8 @@ def scan(inputs: ScanInputs, cfg: ScanConfig, out: Path, progress: Progress | No
             "estimated_noise_rate": round(float(det.p_wrong.mean()), 4),
             "flagged_share": round(float(flags.mean()), 4),
             "per_class": per_class,
-            "evidence": "teacher probabilities and their own neighbour graph" if graph_from_probs
+            "evidence": "teacher probabilities and their own neighbour graph"
+            if graph_from_probs
             else "teacher probabilities and the embedding graph's neighbour vote",
             "detection": det.report(),
             "noise_matrix": {
@@ -326,8 +330,11 @@ def scan(inputs: ScanInputs, cfg: ScanConfig, out: Path, progress: Progress | No
             "teacher_heldout_agreement_with_given": round(float((probs.argmax(1) == y).mean()), 4),
             "teacher_check": check,
             "weak_teacher": check["weak"],
-            "graph": {"k": int(graph.ids.shape[1]), "index": graph.index_kind,
-                      "built_from": "pred_probs" if graph_from_probs else "embeddings"},
+            "graph": {
+                "k": int(graph.ids.shape[1]),
+                "index": graph.index_kind,
+                "built_from": "pred_probs" if graph_from_probs else "embeddings",
+            },
             "warnings": warnings,
             "timings_s": timer.times,
         }

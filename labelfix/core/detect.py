@@ -84,7 +84,9 @@ def transition_from_joint(joint: np.ndarray) -> np.ndarray:
     return t
 
 
-def neighbour_vote(ids: np.ndarray, sims: np.ndarray, y: np.ndarray, c: int, trust: np.ndarray, gamma: float = 3.0) -> np.ndarray:
+def neighbour_vote(
+    ids: np.ndarray, sims: np.ndarray, y: np.ndarray, c: int, trust: np.ndarray, gamma: float = 3.0
+) -> np.ndarray:
     """(N, C) vote of each row's neighbours' given labels, weights max(0, s)^gamma * trust_j.
 
     Leave-one-out by construction (the graph excludes the row itself). Smoothed towards the

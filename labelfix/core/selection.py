@@ -38,9 +38,7 @@ def confident_joint(probs: np.ndarray, y: np.ndarray) -> NoiseEstimate:
     """
     n, c = probs.shape
     counts = np.bincount(y, minlength=c).astype(np.float64)
-    thresholds = np.array(
-        [probs[y == k, k].mean() if counts[k] > 0 else 1.0 for k in range(c)], dtype=np.float64
-    )
+    thresholds = np.array([probs[y == k, k].mean() if counts[k] > 0 else 1.0 for k in range(c)], dtype=np.float64)
     above = probs >= thresholds[None, :] - 1e-6
     masked = np.where(above, probs, -np.inf)
     true_guess = masked.argmax(axis=1)

@@ -107,9 +107,7 @@ def read_labels_csv(
     if dup.any():
         i = int(np.flatnonzero(dup)[0])
         first = int(np.flatnonzero(paths == paths[i])[0])
-        raise InputError(
-            f"{csv_path}: row {i + 2}: path {paths[i]!r} duplicates row {first + 2}"
-        )
+        raise InputError(f"{csv_path}: row {i + 2}: path {paths[i]!r} duplicates row {first + 2}")
     class_names = list(classes) if classes else _class_order(list(given))
     index = {c: j for j, c in enumerate(class_names)}
     y = np.empty(len(given), dtype=np.int64)

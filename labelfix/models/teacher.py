@@ -83,7 +83,9 @@ def build_small_resnet(in_channels: int, num_classes: int, width: int = 32):
         def __init__(self):
             super().__init__()
             w = width
-            self.stem = nn.Sequential(nn.Conv2d(in_channels, w, 3, 1, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True))
+            self.stem = nn.Sequential(
+                nn.Conv2d(in_channels, w, 3, 1, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True)
+            )
             self.layers = nn.Sequential(Block(w, w, 1), Block(w, 2 * w, 2), Block(2 * w, 4 * w, 2))
             self.pool = nn.AdaptiveAvgPool2d(1)
             self.fc = nn.Linear(4 * w, num_classes)
@@ -114,7 +116,9 @@ NORM_MEAN, NORM_STD = 0.5, 0.5
 class Batches:
     """Normalised float batches read from a (N, H, W, C) uint8 array."""
 
-    def __init__(self, images: np.ndarray, device: str, size: int | None = None, mean=None, std=None, per_image: bool = False):
+    def __init__(
+        self, images: np.ndarray, device: str, size: int | None = None, mean=None, std=None, per_image: bool = False
+    ):
         import torch
 
         self.images = images
@@ -249,9 +253,12 @@ def weak_teacher_message(check: dict, source: str, allowed: bool = False) -> str
         f"{source} agree with the given labels on {check['agreement']:.1%} of {check['samples']} held-out samples, "
         f"not clearly above chance ({check['chance']:.1%}, what predictions unrelated to the labels would agree; one-sided binomial "
         f"p = {check['p_value']:.2g} >= {check['alpha']:g}): flags and suggestions "
-        + ("are noise (written anyway: --allow-weak-teacher)" if allowed else
-           "would be noise; use a stronger teacher (more data or --epochs, a pretrained --teacher, --pred-probs from "
-           "a model you trust) or check the labels, or pass --allow-weak-teacher to write the outputs anyway")
+        + (
+            "are noise (written anyway: --allow-weak-teacher)"
+            if allowed
+            else "would be noise; use a stronger teacher (more data or --epochs, a pretrained --teacher, --pred-probs from "
+            "a model you trust) or check the labels, or pass --allow-weak-teacher to write the outputs anyway"
+        )
     )
 
 
@@ -310,8 +317,21 @@ def curve_rows(n_held: int, n_train: int, cap: int) -> int:
     return int(min(cap, n_held, max(100, n_train // 10)))
 
 
-def _train_fold(model, batches: Batches, train_idx, y, num_classes, cfg: TeacherConfig, seed, epochs, progress_task,
-                precision="fp32", recipe: Recipe | None = None, curve_idx=None, stop_early: bool = False) -> dict:
+def _train_fold(
+    model,
+    batches: Batches,
+    train_idx,
+    y,
+    num_classes,
+    cfg: TeacherConfig,
+    seed,
+    epochs,
+    progress_task,
+    precision="fp32",
+    recipe: Recipe | None = None,
+    curve_idx=None,
+    stop_early: bool = False,
+) -> dict:
     """Train one fold model in place. Returns its learning curve and whether it stalled.
 
     The stall detector looks only at the training rows (the agreement of the training batches'
@@ -334,7 +354,9 @@ def _train_fold(model, batches: Batches, train_idx, y, num_classes, cfg: Teacher
     bs = effective_batch_size(cfg.batch_size, n)
     steps_per_epoch = max(1, n // bs)
     opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=5e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=max(recipe.lr, 1e-12), total_steps=epochs * steps_per_epoch, pct_start=0.25)
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=max(recipe.lr, 1e-12), total_steps=epochs * steps_per_epoch, pct_start=0.25
+    )
     if recipe.lr <= 0:  # OneCycle cannot be built with 0; keep it scheduling, at 0
         for g in opt.param_groups:
             g["lr"] = 0.0
@@ -463,14 +485,22 @@ def train_auto_teacher(
     folds = fold_assignment(n, cfg.folds, seed)
     batches = (
         Batches(images, device, mean=NORM_MEAN, std=NORM_STD, per_image=NORMALISE == "image")
-        if NORMALISE in ("fixed", "image") else Batches(images, device)
+        if NORMALISE in ("fixed", "image")
+        else Batches(images, device)
     )
     precision = resolve_precision(device, cfg.precision)
     probs = np.zeros((n, num_classes), dtype=np.float32)
     feats = []
     stats = {
-        "folds": [], "precision": precision, "loss": cfg.loss, "width": cfg.width, "lr": cfg.lr,
-        "warmup": cfg.warmup, "normalisation": NORMALISE, "restarts": 0, "stalled_folds": 0,
+        "folds": [],
+        "precision": precision,
+        "loss": cfg.loss,
+        "width": cfg.width,
+        "lr": cfg.lr,
+        "warmup": cfg.warmup,
+        "normalisation": NORMALISE,
+        "restarts": 0,
+        "stalled_folds": 0,
         "stall_test": f"one-sided binomial p < {CLEARLY_ABOVE_P:g} against the majority-class share",
     }
     all_idx = np.arange(n)
@@ -481,21 +511,38 @@ def train_auto_teacher(
         held = np.flatnonzero(folds == k)
         epochs = cfg.epochs or auto_epochs(len(train_idx))
         m = curve_rows(len(held), len(train_idx), cfg.curve_rows)
-        curve_idx = np.sort(np.random.default_rng([seed, k, 404]).choice(held, size=m, replace=False)) if m > 0 else None
+        curve_idx = (
+            np.sort(np.random.default_rng([seed, k, 404]).choice(held, size=m, replace=False)) if m > 0 else None
+        )
         attempts = []
         for a, recipe in enumerate(plan):
             torch.manual_seed(seed * 1000 + k + 100_003 * a)
             model = build_small_resnet(images.shape[3], num_classes, cfg.width).to(device)
             label = f"teacher fold {k + 1}/{cfg.folds}" + (" (restart)" if a else "")
             with progress.task(label, total=epochs * len(train_idx)) as task:
-                run = _train_fold(model, batches, train_idx, y, num_classes, cfg, seed * 1000 + k + 100_003 * a, epochs,
-                                  task, precision, recipe, curve_idx, stop_early=a + 1 < len(plan))
+                run = _train_fold(
+                    model,
+                    batches,
+                    train_idx,
+                    y,
+                    num_classes,
+                    cfg,
+                    seed * 1000 + k + 100_003 * a,
+                    epochs,
+                    task,
+                    precision,
+                    recipe,
+                    curve_idx,
+                    stop_early=a + 1 < len(plan),
+                )
             attempts.append(run)
             if run["stalled_at_epoch"] is None:
                 break
         last = attempts[-1]
         with progress.task(f"embed fold {k + 1}/{cfg.folds}", total=n) as task:
-            outs = _infer(lambda x, m=model: _feat_and_prob(m, x), batches, all_idx, cfg.batch_size * 2, task, precision)
+            outs = _infer(
+                lambda x, m=model: _feat_and_prob(m, x), batches, all_idx, cfg.batch_size * 2, task, precision
+            )
         f = torch.cat([o[0] for o in outs]).cpu().numpy()
         p = torch.cat([o[1] for o in outs]).cpu().numpy()
         probs[held] = p[held]
@@ -516,7 +563,9 @@ def train_auto_teacher(
                 "restart_reason": (
                     f"{attempts[0]['recipe']}: training agreement {attempts[0]['curve']['train_agreement'][-1]:.1%} not clearly "
                     f"above the majority-class share {attempts[0]['chance_train']:.1%} after epoch {attempts[0]['stalled_at_epoch']}"
-                ) if restarted else None,
+                )
+                if restarted
+                else None,
                 "stalled": stalled,
                 "train_loss": last["curve"]["train_loss"],
                 "curve_rows": int(m),
@@ -529,7 +578,6 @@ def train_auto_teacher(
     emb = np.concatenate(feats, axis=1) / np.sqrt(cfg.folds)
     emb = _l2n(emb)
     return TeacherOutput(probs, emb.astype(np.float32), stats)
-
 
 
 def _feat_and_prob(model, x):
@@ -559,8 +607,10 @@ def load_torchvision(arch: str, weights: str | None, num_classes_hint: int | Non
     if arch not in torchvision.models.list_models(module=torchvision.models):
         raise InputError(f"--teacher {arch!r}: not a torchvision classification model or an existing checkpoint path")
     try:
-        w = torchvision.models.get_model_weights(arch)[weights] if weights and weights != "DEFAULT" else (
-            torchvision.models.get_model_weights(arch).DEFAULT if weights else None
+        w = (
+            torchvision.models.get_model_weights(arch)[weights]
+            if weights and weights != "DEFAULT"
+            else (torchvision.models.get_model_weights(arch).DEFAULT if weights else None)
         )
     except KeyError:
         names = ", ".join(m.name for m in torchvision.models.get_model_weights(arch))
@@ -683,7 +733,9 @@ def frozen_teacher(
     rgb = images if images.shape[3] == 3 else _GrayAsRGB(images)
     batches = Batches(rgb, device, size=size, mean=mean, std=std)
     with progress.task("embed (frozen teacher)", total=len(y)) as task:
-        outs = _infer(lambda x: model(x).float().flatten(1), batches, np.arange(len(y)), cfg.batch_size, task, precision)
+        outs = _infer(
+            lambda x: model(x).float().flatten(1), batches, np.arange(len(y)), cfg.batch_size, task, precision
+        )
     feats = torch.cat(outs).cpu().numpy()
     probs, stats = crossfit_linear_head(feats, y, num_classes, cfg.folds, seed, device)
     stats["precision"] = precision
@@ -756,7 +808,8 @@ def validate_teacher(cfg: TeacherConfig) -> None:
     if cfg.teacher not in known:
         looks_like_path = "/" in cfg.teacher or path.suffix in (".pt", ".pth", ".ckpt", ".bin")
         raise InputError(
-            f"--teacher {cfg.teacher}: checkpoint file not found" if looks_like_path
+            f"--teacher {cfg.teacher}: checkpoint file not found"
+            if looks_like_path
             else f"--teacher {cfg.teacher!r}: not 'auto', a checkpoint path, or a torchvision classification model"
         )
     if not cfg.weights:

@@ -1,3 +1,3 @@
 """labelfix: find and fix wrong labels in image classification datasets."""
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"

@@ -75,8 +75,12 @@ def test_refine_run_dir_errors(tmp_path, digits_run):
     assert r.exit_code == 4 and "9.9.0" in r.output and len(r.output.strip().splitlines()) == 1
     summary["labelfix_version"] = labelfix.__version__
     (bad / "summary.json").write_text(json.dumps(summary))
+    r = _cli(["refine", bad])  # a summary.json that labelfix did not write there (no manifest)
+    assert r.exit_code == 4 and "not written by labelfix" in r.output
+    shutil.copy(root / "run" / "summary.json", bad / "summary.json")
+    shutil.copy(root / "run" / "labelfix-manifest.json", bad / "labelfix-manifest.json")
     r = _cli(["refine", bad])
-    assert r.exit_code == 4 and "scan.parquet" in r.output
+    assert r.exit_code == 4 and "scan.parquet" in r.output and len(r.output.strip().splitlines()) == 1
 
 
 class _InterruptAfter:

@@ -23,6 +23,7 @@ from labelfix import __version__
 from labelfix.errors import InputError, RunDirError
 from labelfix.files.inputs import sha256_file, sha256_json
 from labelfix.files.outputs import atomic_save_npy, atomic_write_json, list_column, read_parquet, write_parquet
+from labelfix.files.rundir import RunDir
 from labelfix.progress import NullProgress, Progress
 from labelfix.runtime import check_precision
 
@@ -349,12 +350,13 @@ def recorded_guard(run_dir: Path) -> tuple[dict | None, str | None]:
     from labelfix.commands.refine import STUDENT_PROBS
 
     run_dir = Path(run_dir)
-    guard = None
+    guard, run = None, RunDir(run_dir)
     try:
-        guard = json.loads((run_dir / STUDENT_META).read_text()).get("mutual_guard")
-    except (OSError, ValueError, AttributeError):
-        pass
-    if not isinstance(guard, dict) or guard.get("student_probs_sha256") != sha256_file(run_dir / STUDENT_PROBS):
+        guard = run.load_json(STUDENT_META, "run labelfix distill again").get("mutual_guard")
+        probs_sha = sha256_file(run.check_file(STUDENT_PROBS, "run labelfix distill again"))
+    except RunDirError:
+        probs_sha = None
+    if not isinstance(guard, dict) or probs_sha is None or guard.get("student_probs_sha256") != probs_sha:
         return None, (
             f"mutual round skipped: {run_dir / STUDENT_META} records no held-out comparison for this "
             f"{STUDENT_PROBS} (run labelfix distill again); teacher-only refinement"
@@ -430,7 +432,8 @@ def distill(
             atomic_write_json(state_path, {"key": key, "refined_sha256": _refined_sha(run_dir), "rounds": done})
     state_path.unlink(missing_ok=True)
     report["rounds"] = done
-    atomic_write_json(run_dir / DISTILL_FILE, report)
+    with RunDir(run_dir).commit("distill") as stage:
+        atomic_write_json(stage / DISTILL_FILE, report)
     return report
 
 
@@ -487,8 +490,6 @@ def _distill_round(run_dir: Path, cfg: DistillConfig, progress: Progress, mutual
         val_acc = float((p_held.argmax(1) == refined[held_idx]).mean())
     guard = mutual_guard(p_held.argmax(1), teacher[held_idx].argmax(1), refined[held_idx])
     probs, feats = infer(model, batches, np.arange(len(refined)), progress=progress, features=True, precision=precision)
-    torch.save(model.state_dict(), run_dir / (STUDENT_FILE + ".tmp"))
-    os.replace(run_dir / (STUDENT_FILE + ".tmp"), run_dir / STUDENT_FILE)
     meta = {
         "labelfix_version": __version__,
         "arch": cfg.student,
@@ -504,13 +505,16 @@ def _distill_round(run_dir: Path, cfg: DistillConfig, progress: Progress, mutual
         "preprocessing": "decode as in scan (grayscale kept, alpha on white), resize to image_size, "
         "repeat gray to 3 channels, resize to input_size, /255, normalise with mean/std",
     }
-    atomic_save_npy(run_dir / STUDENT_EMB, feats.astype(np.float32))
-    atomic_save_npy(run_dir / STUDENT_PROBS, probs.astype(np.float32))
-    # written last, naming the probabilities it was measured with: refine reads the guard here
-    meta["mutual_guard"] = dict(
-        guard, target="refined labels", student_probs_sha256=sha256_file(run_dir / STUDENT_PROBS)
-    )
-    atomic_write_json(run_dir / STUDENT_META, meta)
+    # the student and its view appear together (RunDir.commit); student.json names the
+    # probabilities the guard was measured with: refine reads the guard there
+    with RunDir(run_dir).commit("distill") as stage:
+        torch.save(model.state_dict(), stage / STUDENT_FILE)
+        atomic_save_npy(stage / STUDENT_EMB, feats.astype(np.float32))
+        atomic_save_npy(stage / STUDENT_PROBS, probs.astype(np.float32))
+        meta["mutual_guard"] = dict(
+            guard, target="refined labels", student_probs_sha256=sha256_file(stage / STUDENT_PROBS)
+        )
+        atomic_write_json(stage / STUDENT_META, meta)
     report = {
         "labelfix_version": __version__,
         "config": asdict(cfg),
@@ -541,13 +545,14 @@ def _add_refine_warning(run_dir: Path, warning: str) -> None:
     the rest of that section, describe the refine that wrote them and stay as they are)."""
     from labelfix.commands.scan import SUMMARY_FILE
 
-    path = run_dir / SUMMARY_FILE
-    summary = json.loads(path.read_text())
+    run = RunDir(run_dir)
+    summary = run.load_summary()
     section = summary.setdefault("refine", {})
     section["warnings"] = [w for w in section.get("warnings", []) if not w.startswith("mutual round skipped")] + [
         warning
     ]
-    atomic_write_json(path, summary)
+    with run.commit("distill") as stage:
+        atomic_write_json(stage / SUMMARY_FILE, summary)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,149 @@
+"""Refine's maths on arrays: soft labels, ambiguity and actions (algorithm.md 5-9).
+
+The soft label is the noise posterior over the true class (labelfix.core.detect), sharpened where
+it is confident; the ambiguity mixes its entropy with how much the graph's vote disagrees with
+the evidence trusted. `refine_arrays` is the pure core of `labelfix refine` and
+`labelfix.api.refine_labels`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from labelfix.core.detect import Detection, detect
+from labelfix.core.scoring import label_quality
+from labelfix.errors import InputError
+
+
+@dataclass(frozen=True)
+class RefineConfig:
+    """Attributes:
+    rounds: refit rounds of the noise posterior on an embedding graph (scan uses 3; the same
+        number here gives scan's flags exactly when there is no student view).
+    sharpen_at: rows of the soft label whose maximum reaches this are sharpened.
+    temperature: sharpening temperature (p^(1/T), renormalised).
+    relabel_max_ambiguity: a flagged sample is relabelled only below this ambiguity...
+    relabel_min_confidence: ...and when its refined label's probability reaches this; else review.
+    drop_review: leave `review` rows out of labels.refined.csv (default: keep them unchanged).
+    k: neighbours of the student's own graph in a mutual round (None: the scan graph's k).
+    """
+
+    rounds: int = 3
+    sharpen_at: float = 0.9
+    temperature: float = 0.5
+    relabel_max_ambiguity: float = 0.5
+    relabel_min_confidence: float = 0.5
+    drop_review: bool = False
+    k: int | None = None
+    gamma: float = 3.0
+
+    def validate(self) -> None:
+        if self.rounds < 1:
+            raise InputError(f"--rounds must be >= 1 (got {self.rounds})")
+        if not 0.0 < self.temperature <= 1.0:
+            raise InputError(f"--temperature must be in (0, 1] (got {self.temperature})")
+        if not 0.0 <= self.relabel_min_confidence <= 1.0:
+            raise InputError(f"--min-confidence must be in [0, 1] (got {self.relabel_min_confidence})")
+        if not 0.0 <= self.relabel_max_ambiguity <= 1.0:
+            raise InputError(f"--max-ambiguity must be in [0, 1] (got {self.relabel_max_ambiguity})")
+        if self.k is not None and self.k < 1:
+            raise InputError(f"--k must be >= 1 (got {self.k})")
+
+
+def _entropy(p: np.ndarray) -> np.ndarray:
+    q = np.clip(p, 1e-12, 1.0)
+    return -(q * np.log(q)).sum(axis=1)
+
+
+def js_divergence(p: np.ndarray, q: np.ndarray) -> np.ndarray:
+    mid = 0.5 * (p + q)
+    return np.clip(_entropy(mid) - 0.5 * _entropy(p) - 0.5 * _entropy(q), 0.0, None)
+
+
+def sharpen(posterior: np.ndarray, sharpen_at: float, temperature: float) -> np.ndarray:
+    """The posterior over the true class, rows with max >= sharpen_at sharpened (p^(1/T)); rows sum to 1."""
+    r = np.array(posterior, dtype=np.float64, copy=True)
+    sharp = r.max(axis=1) >= sharpen_at
+    if sharp.any():
+        s = r[sharp] ** (1.0 / temperature)
+        r[sharp] = s / s.sum(axis=1, keepdims=True)
+    return (r / r.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def ambiguity(soft: np.ndarray, p_lp: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """0.5 H(r)/log C + 0.5 JS(graph || p)/log 2, in [0, 1]: how unsure the refined soft label r
+    is, plus how much the graph's view (`p_lp`: its neighbour vote) and the evidence `probs`
+    disagree."""
+    c = soft.shape[1]
+    a = 0.5 * _entropy(soft) / np.log(c) + 0.5 * js_divergence(p_lp, probs) / np.log(2)
+    return np.clip(a, 0.0, 1.0).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class Refined:
+    """Per row: the soft label, its argmax, the action (keep/relabel/review) and the label to use."""
+
+    soft: np.ndarray
+    refined: np.ndarray  # argmax of the soft label
+    ambiguity: np.ndarray
+    quality: np.ndarray
+    action: np.ndarray  # "keep", "relabel" or "review"
+    label: np.ndarray  # the refined label where action is relabel, else the given one
+    weight: np.ndarray  # training weight for a student: 0 for review rows, else 1 - ambiguity
+    detection: Detection
+
+    @property
+    def flags(self) -> np.ndarray:
+        return self.detection.flags
+
+    @property
+    def clean_prob(self) -> np.ndarray:
+        return (1.0 - self.detection.p_wrong).astype(np.float32)
+
+
+def refine_arrays(
+    y: np.ndarray,
+    probs: np.ndarray,
+    graph_ids: np.ndarray,
+    graph_sims: np.ndarray,
+    *,
+    independent_graph: bool,
+    cfg: RefineConfig | None = None,
+    seed: int = 0,
+    extra: dict | None = None,
+    more_graphs: dict | None = None,
+) -> Refined:
+    """Soft labels and actions from the evidence. Teacher-only, the posterior is exactly scan's
+    (same inputs, seed and rounds); `extra` probabilities and `more_graphs` (a student's) join
+    the pool of experts, and the likelihood fit gives them the weight the data supports."""
+    cfg = cfg or RefineConfig()
+    cfg.validate()
+    y = np.asarray(y, dtype=np.int64)
+    det = detect(
+        probs,
+        y,
+        graph_ids,
+        graph_sims,
+        independent_graph,
+        extra=extra or {},
+        gamma=cfg.gamma,
+        seed=seed,
+        rounds=cfg.rounds,
+        more_graphs=more_graphs or {},
+    )
+    soft = sharpen(det.posterior, cfg.sharpen_at, cfg.temperature)
+    # disagreement of the graph with the evidence actually trusted (the fitted pool), so a
+    # weak model that the pool outweighs does not make every row ambiguous
+    amb = ambiguity(soft, det.vote, det.evidence)
+    refined = soft.argmax(axis=1)
+    changed = refined != y
+    is_relabel = changed & (amb < cfg.relabel_max_ambiguity) & (soft.max(axis=1) >= cfg.relabel_min_confidence)
+    action = np.full(len(y), "keep", dtype=object)
+    action[is_relabel] = "relabel"
+    action[(changed | det.flags) & ~is_relabel] = "review"
+    weight = np.where(action == "review", 0.0, 1.0 - amb).astype(np.float32)
+    label = np.where(action == "relabel", refined, y).astype(np.int64)
+    quality = label_quality(det.evidence, y)
+    return Refined(soft, refined.astype(np.int64), amb, quality, action.astype(str), label, weight, det)

@@ -18,6 +18,8 @@ demo: $(STAMP)
 	$(BIN)/labelfix demo
 
 test: $(STAMP)
+	$(BIN)/ruff check labelfix tests examples
+	$(BIN)/ruff format --check labelfix tests examples
 	$(BIN)/python -m pytest -q
 
 test-all: $(STAMP)

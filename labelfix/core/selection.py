@@ -35,6 +35,13 @@ def confident_joint(probs: np.ndarray, y: np.ndarray) -> NoiseEstimate:
     """Confident Learning (Northcutt et al. 2021) counts, calibrated to the given class sizes.
 
     probs: (N, C) out-of-sample probabilities; y: (N,) given labels.
+
+    Why not cleanlab.count.compute_confident_joint: it differs on purpose in three places. (1) A
+    row above several thresholds goes to its highest probability among those classes (cleanlab:
+    the overall argmax, which may be a class below its own threshold). (2) The calibrated joint
+    stays fractional (cleanlab rounds it to integers, which puts a small class's noise rate in
+    steps of 1/n_k). (3) A class with no confident member is assumed clean instead of all-noise.
+    It is the starting T of labelfix.core.detect's noise posterior, refitted there anyway.
     """
     n, c = probs.shape
     counts = np.bincount(y, minlength=c).astype(np.float64)

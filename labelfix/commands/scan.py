@@ -16,6 +16,7 @@ import numpy as np
 from labelfix import __version__
 from labelfix.config import ScanConfig
 from labelfix.core.issues import Issues, feature_space, find_issues
+from labelfix.environment import library_versions
 from labelfix.errors import InputError
 from labelfix.files import rundir as rd
 from labelfix.files.inputs import (
@@ -290,6 +291,12 @@ def scan_table(labels: LabelSet, probs: np.ndarray, found: Issues) -> dict:
     }
 
 
+def _threads() -> int:
+    import torch
+
+    return int(torch.get_num_threads())
+
+
 def stall_warnings(teacher_stats: dict) -> list[str]:
     return [
         f"teacher fold {fold['fold'] + 1} stalled (its training agreement with its labels stayed near the "
@@ -338,6 +345,9 @@ def scan_summary(inputs: ScanInputs, cfg: ScanConfig, labels: LabelSet, ev: Evid
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "seed": cfg.seed,
         "device": device,
+        # numbers move with the thread count (float sums): it is recorded and in the cache key
+        "threads": _threads(),
+        "versions": library_versions(),
         "config": cfg.to_dict(),
         "inputs": _inputs_record(inputs, ev.hashes),
         "images": ev.image_info,

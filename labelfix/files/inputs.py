@@ -1,17 +1,20 @@
-"""Reading the user's inputs: a labels CSV, an ImageFolder tree, or .npy model outputs.
+"""Reading the user's inputs: a labels CSV, an ImageFolder tree, .npy model outputs, flags.
 
 Every check raises `InputError` with one line naming the file, row, column or flag at fault.
-Images are decoded once into a uint8 memmap on disk (N x H x W x C), so later stages stream
-them instead of holding decoded images in memory.
+Rows are numbered as lines of the CSV file (the header is line 1, so the first sample is row 2).
+Images are identified by their resolved path: `img.png`, `./img.png` and an absolute path inside
+the images folder are one image, and naming it twice is an error naming both rows.
+Decoding images lives in `labelfix.files.images`, the .npy checks in `labelfix.files.npy` (both
+re-exported here).
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
+import math
 import os
-from concurrent.futures import ThreadPoolExecutor
+import posixpath
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,9 +22,22 @@ import numpy as np
 import pandas as pd
 
 from labelfix.errors import InputError
-from labelfix.progress import NullProgress, Progress
+from labelfix.files.images import (  # noqa: F401  (re-exported: callers read images through inputs)
+    IMAGE_EXTENSIONS,
+    ImageArray,
+    choose_image_size,
+    decode_images,
+)
+from labelfix.files.npy import check_pred_probs, load_label_vector, load_npy, open_npy  # noqa: F401
+from labelfix.files.paths import check_path_flag, path_problem, show  # noqa: F401
 
-IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+LABEL_MAX = 1000  # characters of a class name; longer is a broken CSV (an unclosed quote)
+# The strings pandas (and most CSV tools) read as a missing value by default. labelfix reads
+# them literally, but a class called "NA" would turn into a missing label in the user's next
+# tool, so such a label is refused unless --classes names it (the user's explicit decision).
+NA_STRINGS = frozenset(
+    "#N/A,#N/A N/A,#NA,-1.#IND,-1.#QNAN,-NaN,-nan,1.#IND,1.#QNAN,<NA>,N/A,NA,NULL,NaN,None,n/a,nan,null".split(",")
+)
 
 
 @dataclass(frozen=True)
@@ -60,6 +76,22 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def read_class_list(value: str | None) -> list[str] | None:
+    """--classes: a file with one name per line, or a comma list; at least two distinct names."""
+    if value is None:
+        return None
+    p = Path(value) if path_problem(value) is None else None
+    try:
+        names = [line.strip() for line in p.read_text().splitlines() if line.strip()] if p and p.is_file() else None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"--classes {value}: cannot be read ({exc.__class__.__name__})") from None
+    if names is None:
+        names = [s.strip() for s in value.split(",") if s.strip()]
+    if len(names) < 2 or len(set(names)) != len(names):
+        raise InputError("--classes: needs at least two distinct class names")
+    return names
+
+
 def _label_text(value) -> str:
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
@@ -75,6 +107,80 @@ def _class_order(labels: list[str]) -> list[str]:
         return uniq
 
 
+def _number(text: str) -> float | None:
+    try:
+        x = float(text)
+    except ValueError:
+        return None
+    return x if math.isfinite(x) else None
+
+
+def check_label_spellings(given, source: str, declared: list[str] | None, row=lambda i: f"row {i + 2}") -> None:
+    """Refuse labels that look missing ("NA", "NaN", ...) and one number spelled two ways ("1",
+    "1.0"), unless --classes declares them. Merging "1" and "1.0" silently would write a
+    labels.refined.csv with both spellings; keeping them apart would split one class in two."""
+    declared_set = set(declared or ())
+    first: dict[str, int] = {}
+    for i, g in enumerate(given):
+        first.setdefault(g, i)
+    for g, i in first.items():
+        if len(g) > LABEL_MAX:
+            raise InputError(f"{source}: {row(i)}: label {show(g)} is over {LABEL_MAX} characters (an unclosed quote?)")
+        if g in NA_STRINGS and g not in declared_set:
+            raise InputError(
+                f"{source}: {row(i)}: label {g!r} reads as a missing value in most tools; "
+                "rename the class, drop the row, or list it in --classes to keep it as a class name"
+            )
+    numbers: dict[float, str] = {}
+    for g, i in first.items():
+        x = _number(g)
+        if x is None or g in declared_set:
+            continue
+        other = numbers.setdefault(x, g)
+        if other != g:
+            raise InputError(
+                f"{source}: labels {other!r} ({row(first[other])}) and {g!r} ({row(i)}) are one number spelled "
+                "two ways: write every label of a class the same way (or list both in --classes)"
+            )
+
+
+def _read_csv_frame(csv_path: Path, path_col: str, label_col: str) -> pd.DataFrame:
+    problem = path_problem(csv_path)
+    if problem:
+        raise InputError(f"--labels {show(os.fspath(csv_path))}: {problem}")
+    if not csv_path.is_file():
+        raise InputError(f"{csv_path}: labels file not found")
+    try:
+        # every cell a literal string: "NA" stays "NA", "007" stays "007" (decided below)
+        df = pd.read_csv(csv_path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+    except Exception as exc:  # pandas raises many types for malformed files
+        msg = show(str(exc), 120)
+        raise InputError(f"{csv_path}: cannot be read as a UTF-8 CSV ({exc.__class__.__name__}: {msg})") from None
+    for flag, col in (("--path-col", path_col), ("--label-col", label_col)):
+        if col not in df.columns:
+            cols = show(", ".join(map(str, df.columns)), 200)
+            raise InputError(f"{csv_path}: no column {col!r} (set {flag}; columns are {cols})")
+    if len(df) == 0:
+        raise InputError(f"{csv_path}: no rows")
+    return df
+
+
+def _check_paths(csv_path: Path, paths: np.ndarray, path_col: str) -> None:
+    """Empty, NUL, over-long and duplicate paths (compared after removing `./` and `a/../`)."""
+    seen: dict[str, int] = {}
+    for i, p in enumerate(paths):
+        if p == "":
+            raise InputError(f"{csv_path}: row {i + 2}: empty {path_col!r}")
+        problem = path_problem(p)
+        if problem:
+            raise InputError(f"{csv_path}: row {i + 2}: path {show(p)} {problem}")
+        key = posixpath.normpath(p)
+        j = seen.setdefault(key, i)
+        if j != i:
+            same = "" if paths[j] == p else f" (as {paths[j]!r})"
+            raise InputError(f"{csv_path}: row {i + 2}: path {show(p)} duplicates row {j + 2}{same}")
+
+
 def read_labels_csv(
     csv_path: Path,
     path_col: str = "path",
@@ -83,40 +189,22 @@ def read_labels_csv(
 ) -> LabelSet:
     """Read and validate a labels CSV (one row per sample)."""
     csv_path = Path(csv_path)
-    if not csv_path.is_file():
-        raise InputError(f"{csv_path}: labels file not found")
-    try:
-        df = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
-    except Exception as exc:  # pandas raises many types for malformed files
-        raise InputError(f"{csv_path}: cannot be read as CSV ({exc.__class__.__name__}: {exc})") from None
-    for flag, col in (("--path-col", path_col), ("--label-col", label_col)):
-        if col not in df.columns:
-            raise InputError(
-                f"{csv_path}: no column {col!r} (set {flag}; columns are {', '.join(map(str, df.columns))})"
-            )
-    if len(df) == 0:
-        raise InputError(f"{csv_path}: no rows")
+    df = _read_csv_frame(csv_path, path_col, label_col)
     paths = df[path_col].astype(str).str.strip().to_numpy()
     given = np.array([_label_text(v) for v in df[label_col]], dtype=object)
-    for i, (p, g) in enumerate(zip(paths, given)):
-        if p == "":
-            raise InputError(f"{csv_path}: row {i + 2}: empty {path_col!r}")
+    for i, g in enumerate(given):
         if g == "":
             raise InputError(f"{csv_path}: row {i + 2}: empty {label_col!r}")
-    dup = pd.Series(paths).duplicated(keep="first").to_numpy()
-    if dup.any():
-        i = int(np.flatnonzero(dup)[0])
-        first = int(np.flatnonzero(paths == paths[i])[0])
-        raise InputError(f"{csv_path}: row {i + 2}: path {paths[i]!r} duplicates row {first + 2}")
+    _check_paths(csv_path, paths, path_col)
+    check_label_spellings(given, str(csv_path), classes)
     class_names = list(classes) if classes else _class_order(list(given))
     index = {c: j for j, c in enumerate(class_names)}
     y = np.empty(len(given), dtype=np.int64)
     for i, g in enumerate(given):
         j = index.get(g)
         if j is None:
-            raise InputError(
-                f"{csv_path}: row {i + 2}: label {g!r} names no class (classes: {', '.join(class_names[:20])})"
-            )
+            names = show(", ".join(class_names[:20]), 200)
+            raise InputError(f"{csv_path}: row {i + 2}: label {show(g)} names no class (classes: {names})")
         y[i] = j
     out = LabelSet(paths, given, y, class_names, sha256_file(csv_path))
     check_class_sizes(out, str(csv_path))
@@ -131,7 +219,7 @@ def check_class_sizes(labels: LabelSet, source: str) -> None:
         if c == 1:
             i = int(np.flatnonzero(labels.y == j)[0])
             raise InputError(
-                f"{source}: class {labels.class_names[j]!r} has one sample ({labels.paths[i]}); "
+                f"{source}: class {show(labels.class_names[j])} has one sample ({labels.paths[i]}); "
                 "it cannot be checked against others: remove it or add samples"
             )
 
@@ -150,6 +238,7 @@ def read_image_folder(root: Path, class_order: list[str] | None = None) -> Label
                 given.append(c)
     if not paths:
         raise InputError(f"{root}: no images found in the class subfolders")
+    check_label_spellings(given, str(root), class_order, row=lambda i: f"folder of {paths[i]}")
     listing = hashlib.sha256("\n".join(f"{p}\t{g}" for p, g in zip(paths, given)).encode()).hexdigest()
     class_names = list(class_order) if class_order else _class_order(given)
     unknown = sorted(set(given) - set(class_names))
@@ -168,7 +257,8 @@ def read_image_folder(root: Path, class_order: list[str] | None = None) -> Label
 
 
 def resolve_paths(root: Path, labels: LabelSet, csv_name: str) -> list[Path]:
-    """Absolute file paths; refuses paths that escape `root` and files that do not exist."""
+    """Absolute file paths; refuses paths that escape `root`, files that do not exist, and one
+    image named twice (by resolved path: `a.png`, `./a.png`, `/abs/root/a.png`, a symlink to it)."""
     if root is None:
         raise InputError(
             f"{csv_name}: give IMAGES_DIR (the folder its paths are relative to), "
@@ -177,154 +267,26 @@ def resolve_paths(root: Path, labels: LabelSet, csv_name: str) -> list[Path]:
     root = Path(root).resolve()
     if not root.is_dir():
         raise InputError(f"{root}: images folder not found")
-    out = []
+    out: list[Path] = []
+    seen: dict[Path, int] = {}
     for i, p in enumerate(labels.paths):
-        full = (root / p).resolve()
+        problem = path_problem(p)
+        if problem:
+            raise InputError(f"{csv_name}: row {i + 2}: path {show(p)} {problem}")
+        try:
+            full = (root / p).resolve()
+            is_file = full.is_file()
+        except (OSError, RuntimeError) as exc:  # a symlink loop, a name the file system refuses
+            raise InputError(f"{csv_name}: row {i + 2}: path {show(p)} cannot be resolved ({exc})") from None
         if not full.is_relative_to(root):
-            raise InputError(f"{csv_name}: row {i + 2}: path {p!r} escapes the images folder {root}")
-        if not full.is_file():
+            raise InputError(f"{csv_name}: row {i + 2}: path {show(p)} escapes the images folder {root}")
+        if not is_file:
             raise InputError(f"{full}: image not found (row {i + 2} of {csv_name})")
+        j = seen.setdefault(full, i)
+        if j != i:
+            raise InputError(
+                f"{csv_name}: rows {j + 2} and {i + 2} name the same image {full} "
+                f"(as {show(labels.paths[j])} and {show(p)}): keep one row"
+            )
         out.append(full)
     return out
-
-
-def load_npy(path: Path, flag: str, n_rows: int, n_cols: int | None = None) -> np.ndarray:
-    """Load a 2-D float .npy whose rows follow the CSV's rows."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: {flag} file not found")
-    try:
-        arr = np.load(path, allow_pickle=False, mmap_mode="r")
-    except Exception as exc:
-        raise InputError(f"{path}: {flag} is not a readable .npy file ({exc})") from None
-    if arr.ndim != 2:
-        raise InputError(f"{path}: {flag} must be 2-D (rows x columns), got shape {arr.shape}")
-    if arr.shape[0] != n_rows:
-        raise InputError(f"{path}: {flag} has {arr.shape[0]} rows but the labels CSV has {n_rows}")
-    if n_cols is not None and arr.shape[1] != n_cols:
-        raise InputError(f"{path}: {flag} has {arr.shape[1]} columns but there are {n_cols} classes")
-    arr = np.asarray(arr, dtype=np.float32)
-    if not np.isfinite(arr).all():
-        i = int(np.flatnonzero(~np.isfinite(arr).all(axis=1))[0])
-        raise InputError(f"{path}: {flag} row {i} has NaN or infinite values")
-    return arr
-
-
-def check_pred_probs(probs: np.ndarray, path: Path) -> np.ndarray:
-    if (probs < -1e-6).any():
-        raise InputError(f"{path}: --pred-probs has negative values; pass probabilities, not logits")
-    sums = probs.sum(axis=1)
-    bad = np.flatnonzero(np.abs(sums - 1.0) > 1e-3)
-    if len(bad):
-        raise InputError(f"{path}: --pred-probs row {bad[0]} sums to {sums[bad[0]]:.4f}, not 1")
-    probs = np.clip(probs, 0, None)
-    return (probs / probs.sum(axis=1, keepdims=True)).astype(np.float32)
-
-
-# ---------------------------------------------------------------------------------------------
-# Image decoding into an on-disk array
-
-
-@dataclass(frozen=True)
-class ImageArray:
-    """Decoded images as a uint8 memmap of shape (N, H, W, C), and their content hash."""
-
-    path: Path
-    shape: tuple[int, int, int, int]
-    images_sha256: str
-
-    def open(self) -> np.ndarray:
-        return np.memmap(self.path, dtype=np.uint8, mode="r", shape=self.shape)
-
-
-def _is_scalar_mode(mode: str) -> bool:
-    """32-bit int, float and every 16-bit layout (I;16, I;16B, I;16L, I;16N...)."""
-    return mode in ("I", "F") or mode.startswith("I;16")
-
-
-def _probe(path: Path, row: int, csv_name: str) -> tuple[int, int, bool]:
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            w, h = im.size
-            gray = im.mode in ("1", "L", "LA") or _is_scalar_mode(im.mode)
-    except Exception as exc:  # UnidentifiedImageError, OSError, DecompressionBombError, ...
-        raise InputError(f"{path}: unreadable image (row {row + 2} of {csv_name}): {exc}") from None
-    return w, h, gray
-
-
-def _decode(path: Path, size: int, channels: int) -> tuple[np.ndarray, str]:
-    from PIL import Image
-
-    raw = path.read_bytes()
-    digest = hashlib.sha256(raw).hexdigest()
-    with Image.open(io.BytesIO(raw)) as im:
-        im.load()
-        if _is_scalar_mode(im.mode):
-            arr = np.asarray(im, dtype=np.float32)
-            lo, hi = float(arr.min()), float(arr.max())
-            arr = (arr - lo) / (hi - lo) * 255 if hi > lo else np.zeros_like(arr)
-            im = Image.fromarray(arr.astype(np.uint8), "L")
-        if im.mode == "P":
-            im = im.convert("RGBA")
-        if im.mode in ("RGBA", "LA", "PA"):
-            rgba = im.convert("RGBA")
-            bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-            im = Image.alpha_composite(bg, rgba)
-        im = im.convert("L" if channels == 1 else "RGB")
-        if im.size != (size, size):
-            im = im.resize((size, size), Image.BILINEAR)
-        arr = np.asarray(im, dtype=np.uint8)
-    if arr.ndim == 2:
-        arr = arr[:, :, None]
-    return arr, digest
-
-
-def choose_image_size(sizes: np.ndarray) -> int:
-    """Median longer side, clamped to [8, 64] (the auto teacher is a small ResNet)."""
-    side = int(np.median(sizes.max(axis=1)))
-    return int(min(64, max(8, side)))
-
-
-def decode_images(
-    files: list[Path],
-    out_path: Path,
-    image_size: int = 0,
-    csv_name: str = "labels",
-    progress: Progress | None = None,
-    workers: int | None = None,
-) -> ImageArray:
-    """Decode every image into a (N, S, S, C) uint8 memmap at `out_path`.
-
-    Grayscale datasets keep one channel; anything with colour, alpha or a palette becomes RGB
-    (alpha composited over white). `image_size` 0 picks the median side clamped to [8, 64].
-    """
-    progress = progress or NullProgress()
-    workers = workers or min(8, os.cpu_count() or 1)
-    with ThreadPoolExecutor(workers) as pool:
-        probes = list(pool.map(lambda a: _probe(a[1], a[0], csv_name), enumerate(files)))
-    sizes = np.array([(w, h) for w, h, _ in probes])
-    channels = 1 if all(g for _, _, g in probes) else 3
-    size = image_size or choose_image_size(sizes)
-    n = len(files)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    mm = np.memmap(out_path, dtype=np.uint8, mode="w+", shape=(n, size, size, channels))
-    digests = [""] * n
-
-    def work(i: int) -> None:
-        try:
-            arr, digest = _decode(files[i], size, channels)
-        except InputError:
-            raise
-        except Exception as exc:
-            raise InputError(f"{files[i]}: unreadable image (row {i + 2} of {csv_name}): {exc}") from None
-        mm[i] = arr
-        digests[i] = digest
-
-    with progress.task("decode images", total=n) as task, ThreadPoolExecutor(workers) as pool:
-        for _ in pool.map(work, range(n)):
-            task.advance()
-    mm.flush()
-    h = hashlib.sha256("\n".join(digests).encode()).hexdigest()
-    return ImageArray(out_path, (n, size, size, channels), h)

@@ -3,7 +3,8 @@
 Exit codes (documented in the README):
     0  success
     1  unexpected internal error
-    2  bad input: a file, row, column or flag at fault (also typer's usage errors)
+    2  bad input: a file, row, column or flag at fault (also typer's usage errors), or an output
+       that cannot be written (read-only or full --out: the flag naming it is at fault)
     3  a teacher or its weights cannot be had (offline, missing checkpoint)
     4  the run directory is missing files or was written by another labelfix version
     5  the teacher's out-of-sample agreement with the given labels is not clearly above chance
@@ -14,6 +15,10 @@ Exit codes (documented in the README):
 
 from __future__ import annotations
 
+import errno
+import os
+from pathlib import Path
+
 
 class LabelfixError(Exception):
     """Base class; `exit_code` is what the CLI exits with."""
@@ -21,10 +26,19 @@ class LabelfixError(Exception):
     exit_code = 1
 
 
+class InternalError(LabelfixError):
+    """labelfix itself went wrong (for example a NaN on its way into a JSON file); exit 1."""
+
+
 class InputError(LabelfixError):
     """The user's input is wrong: the message names the file, row, column or flag at fault."""
 
     exit_code = 2
+
+
+class OutputError(InputError):
+    """An output cannot be written (read-only folder, full disk, a file where a folder is due):
+    the message names the flag and the file; nothing partial is left behind."""
 
 
 class TeacherUnavailable(LabelfixError):
@@ -49,3 +63,30 @@ class GateFailed(LabelfixError):
     """Estimated share of wrong labels exceeds `--fail-above`."""
 
     exit_code = 10
+
+
+# errno values that mean "this output cannot be written here" rather than "this input is bad"
+WRITE_ERRNOS = frozenset(
+    getattr(errno, name) for name in ("EACCES", "EPERM", "ENOSPC", "EROFS", "EFBIG", "EDQUOT") if hasattr(errno, name)
+)
+
+
+def from_os_error(exc: OSError, outputs: dict[str, object], inputs: dict[str, object] | None = None) -> LabelfixError:
+    """A one-line error for an OSError (full disk, read-only folder, unreadable file) that names
+    the flag whose path holds the file: `outputs` and `inputs` map flags to paths. A write error
+    without a file name (ENOSPC from a write) names the first output flag."""
+    reason = exc.strerror or exc.__class__.__name__
+    name = exc.filename
+    where = os.fspath(name) if isinstance(name, (str, bytes, os.PathLike)) else None
+    for kind, flags in ((OutputError, outputs), (InputError, inputs or {})):
+        for flag, path in flags.items():
+            if path is None or where is None:
+                continue
+            root = Path(os.fspath(path)).absolute()
+            target = Path(where).absolute()
+            if target == root or target.is_relative_to(root):
+                return kind(f"{flag} {path}: {reason} ({where})")
+    if exc.errno in WRITE_ERRNOS and outputs:
+        flag, path = next(iter(outputs.items()))
+        return OutputError(f"{flag} {path}: {reason}" + (f" ({where})" if where else ""))
+    return InputError(f"{where or 'a file'}: {reason}")

@@ -2,10 +2,29 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 
 from labelfix.errors import InputError
 from labelfix.runtime import check_precision
+
+SEED_MAX = 2**63 - 1  # torch, numpy and faiss all take a seed below 2^63
+IMAGE_SIZE_MAX = 1024  # N x S x S x 3 bytes of decoded images on disk: 1024 px is 3 MB an image
+WIDTH_MAX = 1024  # auto-teacher channels of the first stage (then 2x and 4x)
+
+
+def check_seed(seed: int, flag: str = "--seed") -> None:
+    """A seed every generator accepts: 0 <= seed < 2^63."""
+    if not 0 <= seed <= SEED_MAX:
+        raise InputError(f"{flag} must be in 0..2^63-1 (got {seed})")
+
+
+def check_finite(values: dict[str, float | None]) -> None:
+    """Refuse NaN and infinity in float flags ({flag: value}); a range check alone lets NaN
+    through wherever it is written as `if value < low` (every comparison with NaN is false)."""
+    for flag, value in values.items():
+        if value is not None and not math.isfinite(value):
+            raise InputError(f"{flag} must be a finite number (got {value})")
 
 
 @dataclass(frozen=True)
@@ -81,11 +100,18 @@ class TeacherConfig:
             raise InputError(f"gce_q must be in (0, 1] (got {self.gce_q})")
         if self.augment not in ("auto", "on", "off"):
             raise InputError(f"--augment must be auto, on or off (got {self.augment!r})")
-        if self.width < 1:
-            raise InputError(f"--width must be >= 1 (got {self.width})")
+        if not 1 <= self.width <= WIDTH_MAX:
+            raise InputError(f"--width must be in 1..{WIDTH_MAX} (got {self.width})")
         check_precision(self.precision)
-        if self.image_size < 0:
-            raise InputError(f"--image-size must be >= 0 (got {self.image_size})")
+        if not 0 <= self.image_size <= IMAGE_SIZE_MAX:
+            raise InputError(f"--image-size must be in 0..{IMAGE_SIZE_MAX} (0 = from the data; got {self.image_size})")
+        check_finite({"lr": self.lr, "warmup": self.warmup, "gce_q": self.gce_q, "elr_lambda": self.elr_lambda})
+
+    def check_rows(self, n: int) -> None:
+        """Settings that depend on the number of samples: every fold must score at least one
+        sample (an empty fold has no held-out rows: its statistics were NaN in summary.json)."""
+        if self.folds > n:
+            raise InputError(f"--folds {self.folds} is more than the {n} samples (each fold holds out at least one)")
 
 
 @dataclass(frozen=True)
@@ -110,7 +136,14 @@ class ScanConfig:
             raise InputError(f"--k must be >= 1 (got {self.k})")
         if self.device not in ("auto", "cpu", "cuda"):
             raise InputError(f"--device must be auto, cpu or cuda (got {self.device!r})")
+        check_seed(self.seed)
+        check_finite({"gamma": self.gamma})
         self.teacher.validate()
+
+    def check_rows(self, n: int, teacher: bool = True) -> None:
+        """The checks that need the number of samples; `teacher` False for --pred-probs runs."""
+        if teacher:
+            self.teacher.check_rows(n)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -99,9 +99,14 @@ def _one_line(outputs: dict[str, Optional[Path]], inputs: Optional[dict[str, Opt
 
 
 def _prepare_out(out: Path, flag: str = "--out") -> None:
-    """Refuse an unwritable output folder before any work; clear what killed runs left there."""
+    """Refuse an unwritable output folder before any work; clear what killed runs left there.
+    RUN_DIR (refine, distill) is checked only when it is a folder: the command says what is
+    wrong with a missing one (exit 4)."""
     from labelfix.files.outputs import check_output_dir, remove_stale_staging
 
+    if flag == "RUN_DIR" and not out.is_dir():
+        check_path_flag(out, flag)
+        return
     check_output_dir(out, flag)
     if out.is_dir():
         remove_stale_staging(out)

@@ -15,6 +15,7 @@ import numpy as np
 
 from labelfix import __version__
 from labelfix.config import ScanConfig
+from labelfix.core.duplicates import Duplicates, find_duplicates
 from labelfix.core.issues import Issues, feature_space, find_issues
 from labelfix.environment import library_versions
 from labelfix.errors import InputError
@@ -74,6 +75,7 @@ class Evidence:
     hashes: dict
     teacher_stats: dict = field(default_factory=dict)
     image_info: dict | None = None
+    images: np.ndarray | None = None  # the decoded (N, H, W, C) uint8 array, for duplicates
 
 
 class _Timer:
@@ -152,8 +154,15 @@ def scan(inputs: ScanInputs, cfg: ScanConfig, out: Path, progress: Progress | No
                 gamma=cfg.gamma,
                 seed=cfg.seed,
             )
-        table = scan_table(labels, ev.probs, found)
+        dup = None
+        if ev.images is not None:
+            with timer("duplicates"):
+                dup = find_duplicates(ev.images, labels.y, found.posterior)
+            found = with_duplicates(found, dup)
+        ev.images = None
+        table = scan_table(labels, ev.probs, found, dup)
         summary = scan_summary(inputs, cfg, labels, ev, graph, found, device)
+        summary["duplicates"] = dup.report() if dup is not None else {"skipped": "no decoded images (--pred-probs)"}
         meta = {"labelfix_version": __version__, "class_names": labels.class_names, "config": cfg.to_dict()}
         meta["seed"] = cfg.seed
         atomic_save_npy(stage / rd.GRAPH_IDS, graph.ids)
@@ -207,11 +216,10 @@ def teacher_evidence(inputs, cfg: ScanConfig, labels: LabelSet, run: RunDir, sta
         atomic_save_npy(stage / cache / rd.EMBEDDINGS, teacher.embeddings)
         atomic_write_json(stage / cache / "stats.json", teacher.stats)
         teacher.stats["cache_hit"] = False
-    del images
     hashes = {"labels_sha256": labels.labels_sha256, "images_sha256": arr.images_sha256}
     info = {"cache": f"{rd.CACHE}/{img_name}", "shape": list(arr.shape)}
     stats = dict(teacher.stats, cache=cache)
-    return Evidence(teacher.probs, teacher.embeddings, "teacher", hashes, stats, info)
+    return Evidence(teacher.probs, teacher.embeddings, "teacher", hashes, stats, info, images)
 
 
 def teacher_cache_key(cfg: ScanConfig, arr, y: np.ndarray, device: str) -> str:
@@ -271,10 +279,21 @@ def evidence_source(inputs: ScanInputs, cfg: ScanConfig) -> str:
     return f"the --teacher {cfg.teacher.teacher} probabilities"
 
 
-def scan_table(labels: LabelSet, probs: np.ndarray, found: Issues) -> dict:
+def with_duplicates(found: Issues, dup: Duplicates) -> Issues:
+    """Duplicates whose given label differs from their group's consensus become label issues
+    that suggest the consensus."""
+    import dataclasses
+
+    return dataclasses.replace(
+        found, flags=found.flags | dup.wrong, suggested=np.where(dup.wrong, dup.consensus, found.suggested)
+    )
+
+
+def scan_table(labels: LabelSet, probs: np.ndarray, found: Issues, dup: Duplicates | None = None) -> dict:
     """scan.parquet's columns (README: "scan.parquet")."""
     names = np.array(labels.class_names, dtype=object)
     clean = found.clean_prob
+    n = len(labels.y)
     return {
         "path": labels.paths.astype(str),
         "given_label": labels.given.astype(str),
@@ -288,6 +307,8 @@ def scan_table(labels: LabelSet, probs: np.ndarray, found: Issues) -> dict:
         "suggested_index": found.suggested,
         "partition": np.where(clean >= 0.5, "clean", "noisy"),
         "in_small_loss": found.small_loss,
+        "duplicate_group": dup.group if dup is not None else np.full(n, -1, dtype=np.int64),
+        "duplicate_conflict": dup.conflict if dup is not None else np.zeros(n, dtype=bool),
     }
 
 

@@ -159,7 +159,8 @@ def bench_images(
     """Write `images` (N, H, W[, C]) uint8 as PNGs with injected noisy labels, scan and refine
     them with the real pipeline, and score the result. `image_dir` lets several rows share PNGs.
     `record_weak_teacher`: when scan stops with WeakTeacher (exit 5), return (and write to
-    bench.json) a row saying so instead of raising. A failure leaves `work` as it was."""
+    bench.json) a row saying so instead of raising. A failure before the scan is complete leaves
+    `work` as it was."""
     from PIL import Image
 
     from labelfix.commands.refine import refine
@@ -170,7 +171,8 @@ def bench_images(
     c = len(class_names)
     y_noisy = inject(noise, y_true, rate, c, cfg.seed, features=images, pairs=pairs)
     work = Path(work)
-    # a failure (bad input, exit 5 unless recorded, Ctrl-C) leaves no labels.csv, PNGs or run behind
+    # a failure up to a complete scan (bad input, exit 5 unless recorded, Ctrl-C) leaves no
+    # labels.csv, PNGs or run behind
     with leave_no_trace(work, restore=("labels.csv", "bench.json")):
         work.mkdir(parents=True, exist_ok=True)
         img_dir = Path(image_dir) if image_dir is not None else work / "images"
@@ -207,13 +209,14 @@ def bench_images(
             atomic_write_json(work / "bench.json", row)
             return row
         scan_s = time.perf_counter() - t
-        refine(run, progress=progress)
-        index = {n: j for j, n in enumerate(result.summary["class_names"])}
-        remap = np.array([index[n] for n in class_names])
-        row = _evaluate_run(run, remap[y_noisy], remap[y_true], compare)
-        row.update({"noise": noise, "rate": rate, "scan_wall_s": round(scan_s, 1), "png_write_s": round(write_s, 1)})
-        atomic_write_json(work / "bench.json", row)
-        return row
+    # a complete scan is a valid run (and holds the teacher cache): a later failure leaves it
+    refine(run, progress=progress)
+    index = {n: j for j, n in enumerate(result.summary["class_names"])}
+    remap = np.array([index[n] for n in class_names])
+    row = _evaluate_run(run, remap[y_noisy], remap[y_true], compare)
+    row.update({"noise": noise, "rate": rate, "scan_wall_s": round(scan_s, 1), "png_write_s": round(write_s, 1)})
+    atomic_write_json(work / "bench.json", row)
+    return row
 
 
 def weak_teacher_row(message: str, y_noisy: np.ndarray, y_true: np.ndarray) -> dict:
@@ -241,7 +244,7 @@ def bench_pred_probs(
     progress: Progress | None = None,
 ) -> dict:
     """Real (already present) noise: given noisy and true labels and out-of-sample probabilities.
-    A failure leaves `work` as it was."""
+    A failure before the scan is complete leaves `work` as it was."""
     import pandas as pd
 
     from labelfix.commands.refine import refine
@@ -266,10 +269,10 @@ def bench_pred_probs(
         )
         scan(inputs, cfg or ScanConfig(), run, progress)
         scan_s = time.perf_counter() - t
-        refine(run, progress=progress)
-        row = _evaluate_run(run, np.asarray(y_noisy), np.asarray(y_true), compare)
-        row.update({"noise": "given (real)", "rate": None, "scan_wall_s": round(scan_s, 1)})
-        atomic_write_json(work / "bench.json", row)
+    refine(run, progress=progress)
+    row = _evaluate_run(run, np.asarray(y_noisy), np.asarray(y_true), compare)
+    row.update({"noise": "given (real)", "rate": None, "scan_wall_s": round(scan_s, 1)})
+    atomic_write_json(work / "bench.json", row)
     return row
 
 

@@ -244,11 +244,13 @@ def scan(
     classes: list[str] | None = None,
     path_col: str = "path",
     label_col: str = "label",
+    baseline: str | Path | None = None,
     config=None,
     progress=None,
 ):
     """`labelfix scan` as a function: writes the run folder `out`, returns a ScanResult
-    (out_dir, summary, table). `config` is a labelfix.ScanConfig (defaults as the CLI's)."""
+    (out_dir, summary, table, baseline diff). `config` is a labelfix.ScanConfig (defaults as the
+    CLI's); `baseline` an earlier run folder or its scan.parquet (new, fixed, unchanged issues)."""
     from labelfix.commands.scan import ScanInputs
     from labelfix.commands.scan import scan as run_scan
     from labelfix.config import ScanConfig
@@ -264,6 +266,7 @@ def scan(
         classes=classes,
         pred_probs=opt(pred_probs),
         embeddings=opt(embeddings),
+        baseline=opt(baseline),
     )
     return run_scan(inputs, config or ScanConfig(), Path(out), progress)
 

@@ -6,30 +6,26 @@ kNN graph -> find_issues (arrays in, a typed result out) -> one staged commit of
 
 from __future__ import annotations
 
-import hashlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from labelfix import __version__
+from labelfix.commands.evidence import Evidence, build_graph, evidence_source, given_evidence, teacher_evidence
 from labelfix.config import ScanConfig
-from labelfix.core.duplicates import Duplicates, find_duplicates
-from labelfix.core.issues import Issues, feature_space, find_issues
+from labelfix.core.duplicates import Duplicates, find_duplicates, pixel_hashes
+from labelfix.core.issues import Issues, find_issues
 from labelfix.environment import library_versions
 from labelfix.errors import InputError
 from labelfix.files import rundir as rd
+from labelfix.files.baseline import BaselineDiff, diff_against, read_baseline
 from labelfix.files.inputs import (
     LabelSet,
-    check_pred_probs,
-    decode_images,
-    load_npy,
     read_image_folder,
     read_labels_csv,
-    resolve_paths,
-    sha256_file,
-    sha256_json,
 )
 from labelfix.files.outputs import atomic_save_npy, atomic_write_json, write_parquet
 from labelfix.files.rundir import RunDir
@@ -56,6 +52,7 @@ class ScanInputs:
     classes: list[str] | None = None
     pred_probs: Path | None = None
     embeddings: Path | None = None
+    baseline: Path | None = None  # an earlier run (or its scan.parquet): new/fixed/unchanged issues
 
 
 @dataclass
@@ -63,19 +60,7 @@ class ScanResult:
     out_dir: Path
     summary: dict
     table: dict = field(repr=False)
-
-
-@dataclass
-class Evidence:
-    """Probabilities and the rows to build the graph in, with what produced them."""
-
-    probs: np.ndarray
-    emb: np.ndarray
-    source: str  # "pred_probs", "embeddings" (given) or "teacher"
-    hashes: dict
-    teacher_stats: dict = field(default_factory=dict)
-    image_info: dict | None = None
-    images: np.ndarray | None = None  # the decoded (N, H, W, C) uint8 array, for duplicates
+    baseline: BaselineDiff | None = None
 
 
 class _Timer:
@@ -134,6 +119,7 @@ def scan(inputs: ScanInputs, cfg: ScanConfig, out: Path, progress: Progress | No
     seed_everything(cfg.seed)
     with timer("read inputs"):
         labels = load_labels(inputs)
+        base = read_baseline(inputs.baseline) if inputs.baseline is not None else None
     with run.commit("scan", clean=True, keep=(inputs.labels_csv, inputs.pred_probs, inputs.embeddings)) as stage:
         if inputs.pred_probs is not None:
             with timer("read inputs"):
@@ -154,15 +140,21 @@ def scan(inputs: ScanInputs, cfg: ScanConfig, out: Path, progress: Progress | No
                 gamma=cfg.gamma,
                 seed=cfg.seed,
             )
-        dup = None
+        dup, hashes = None, None
         if ev.images is not None:
             with timer("duplicates"):
-                dup = find_duplicates(ev.images, labels.y, found.posterior)
+                hashes = pixel_hashes(ev.images)
+                dup = find_duplicates(ev.images, labels.y, found.posterior, hashes)
             found = with_duplicates(found, dup)
         ev.images = None
-        table = scan_table(labels, ev.probs, found, dup)
+        table = scan_table(labels, ev.probs, found, dup, hashes)
         summary = scan_summary(inputs, cfg, labels, ev, graph, found, device)
         summary["duplicates"] = dup.report() if dup is not None else {"skipped": "no decoded images (--pred-probs)"}
+        diff = None
+        if base is not None:
+            diff = diff_against(pd.DataFrame({k: v for k, v in table.items() if np.ndim(v) == 1}), *base)
+            summary["baseline"] = diff.report()
+            summary["warnings"] += diff.warnings
         meta = {"labelfix_version": __version__, "class_names": labels.class_names, "config": cfg.to_dict()}
         meta["seed"] = cfg.seed
         atomic_save_npy(stage / rd.GRAPH_IDS, graph.ids)
@@ -172,111 +164,7 @@ def scan(inputs: ScanInputs, cfg: ScanConfig, out: Path, progress: Progress | No
         write_parquet(stage / rd.SCAN, table, meta)
         summary["timings_s"] = dict(timer.times, total=round(sum(timer.times.values()), 3))
         atomic_write_json(stage / rd.SUMMARY, summary)
-    return ScanResult(Path(out), summary, table)
-
-
-def given_evidence(inputs: ScanInputs, labels: LabelSet) -> Evidence:
-    """--pred-probs (and --embeddings) as the user gave them, checked against the labels."""
-    c = len(labels.class_names)
-    probs = check_pred_probs(load_npy(inputs.pred_probs, "--pred-probs", labels.n, c), inputs.pred_probs)
-    hashes = {"labels_sha256": labels.labels_sha256, "pred_probs_sha256": sha256_file(inputs.pred_probs)}
-    features = None
-    if inputs.embeddings is not None:
-        features = load_npy(inputs.embeddings, "--embeddings", labels.n)
-        hashes["embeddings_sha256"] = sha256_file(inputs.embeddings)
-    emb, source = feature_space(probs, features)
-    if inputs.images_dir is not None:
-        resolve_paths(inputs.images_dir, labels, str(inputs.labels_csv))
-    return Evidence(probs, emb, source, hashes)
-
-
-def teacher_evidence(inputs, cfg: ScanConfig, labels: LabelSet, run: RunDir, stage: Path, device, timer, progress):
-    """Decode the images into the run's cache and run the teacher, reusing its cached outputs
-    when the images, labels, teacher settings, seed, device, precision and threads match."""
-    from labelfix.models.teacher import TeacherOutput, run_teacher
-
-    csv_name = str(inputs.labels_csv or inputs.images_dir)
-    with timer("decode images"):
-        files = resolve_paths(inputs.images_dir, labels, csv_name)
-        tmp_img = stage / rd.CACHE / "images.u8.partial"
-        arr = decode_images(files, tmp_img, cfg.teacher.image_size, csv_name, progress)
-        img_name = f"images-{arr.images_sha256[:16]}-{arr.shape[1]}x{arr.shape[2]}x{arr.shape[3]}.u8"
-        tmp_img.rename(stage / rd.CACHE / img_name)
-        images = np.memmap(stage / rd.CACHE / img_name, dtype=np.uint8, mode="r", shape=arr.shape)
-    key = teacher_cache_key(cfg, arr, labels.y, device)
-    cache = f"{rd.CACHE}/teacher-{key}"
-    cached = load_teacher_cache(run, cache, labels.n, len(labels.class_names))
-    if cached is not None:
-        teacher = TeacherOutput(*cached)
-        teacher.stats["cache_hit"] = True
-    else:
-        with timer("teacher"):
-            teacher = run_teacher(images, labels.y, len(labels.class_names), cfg.teacher, cfg.seed, device, progress)
-        atomic_save_npy(stage / cache / "probs.npy", teacher.probs)
-        atomic_save_npy(stage / cache / rd.EMBEDDINGS, teacher.embeddings)
-        atomic_write_json(stage / cache / "stats.json", teacher.stats)
-        teacher.stats["cache_hit"] = False
-    hashes = {"labels_sha256": labels.labels_sha256, "images_sha256": arr.images_sha256}
-    info = {"cache": f"{rd.CACHE}/{img_name}", "shape": list(arr.shape)}
-    stats = dict(teacher.stats, cache=cache)
-    return Evidence(teacher.probs, teacher.embeddings, "teacher", hashes, stats, info, images)
-
-
-def teacher_cache_key(cfg: ScanConfig, arr, y: np.ndarray, device: str) -> str:
-    """Everything that changes the teacher's numbers: a folder moved to another host, or run
-    with another thread count, recomputes instead of reusing another setting's outputs."""
-    import torch
-
-    from labelfix.runtime import resolve_precision
-
-    return sha256_json(
-        {
-            "v": __version__,
-            "images": arr.images_sha256,
-            "shape": arr.shape,
-            "y": hashlib.sha256(np.ascontiguousarray(y).tobytes()).hexdigest(),
-            "teacher": cfg.teacher.__dict__,
-            "seed": cfg.seed,
-            "device": device,
-            "precision": resolve_precision(device, cfg.teacher.precision),
-            "threads": torch.get_num_threads(),
-            "torch": torch.__version__,
-        }
-    )[:20]
-
-
-def load_teacher_cache(run: RunDir, cache: str, n: int, c: int):
-    """(probs, embeddings, stats) from the run's teacher cache, or None when absent or damaged."""
-    from labelfix.errors import RunDirError
-
-    try:
-        probs = np.array(run.load_array(f"{cache}/probs.npy", n, "f", c))
-        emb = np.array(run.load_array(f"{cache}/{rd.EMBEDDINGS}", n, "f"))
-        stats = run.load_json(f"{cache}/stats.json", "recomputed")
-    except RunDirError:
-        return None
-    return probs, emb, stats
-
-
-def build_graph(inputs: ScanInputs, cfg: ScanConfig, emb: np.ndarray, n: int, device: str, progress):
-    from labelfix.core.graph import build_knn, build_knn_out_of_fold
-
-    if inputs.pred_probs is None and cfg.teacher.teacher == "auto":
-        from labelfix.models.teacher import fold_assignment
-
-        # the auto teacher's features are trained on half the labels: link rows only in the
-        # space of the fold model that never saw them (graph.build_knn_out_of_fold)
-        folds = fold_assignment(n, cfg.teacher.folds, cfg.seed)
-        return build_knn_out_of_fold(emb, folds, cfg.k, device, progress=progress)
-    return build_knn(emb, cfg.k, device, progress=progress)
-
-
-def evidence_source(inputs: ScanInputs, cfg: ScanConfig) -> str:
-    if inputs.pred_probs is not None:
-        return "the --pred-probs probabilities"
-    if cfg.teacher.teacher == "auto":
-        return "the auto teacher's out-of-sample probabilities"
-    return f"the --teacher {cfg.teacher.teacher} probabilities"
+    return ScanResult(Path(out), summary, table, diff)
 
 
 def with_duplicates(found: Issues, dup: Duplicates) -> Issues:
@@ -289,11 +177,14 @@ def with_duplicates(found: Issues, dup: Duplicates) -> Issues:
     )
 
 
-def scan_table(labels: LabelSet, probs: np.ndarray, found: Issues, dup: Duplicates | None = None) -> dict:
+def scan_table(
+    labels: LabelSet, probs: np.ndarray, found: Issues, dup: Duplicates | None = None, hashes: list | None = None
+) -> dict:
     """scan.parquet's columns (README: "scan.parquet")."""
     names = np.array(labels.class_names, dtype=object)
     clean = found.clean_prob
     n = len(labels.y)
+    content = [h.hex() for h in hashes] if hashes is not None else [""] * n
     return {
         "path": labels.paths.astype(str),
         "given_label": labels.given.astype(str),
@@ -309,6 +200,7 @@ def scan_table(labels: LabelSet, probs: np.ndarray, found: Issues, dup: Duplicat
         "in_small_loss": found.small_loss,
         "duplicate_group": dup.group if dup is not None else np.full(n, -1, dtype=np.int64),
         "duplicate_conflict": dup.conflict if dup is not None else np.zeros(n, dtype=bool),
+        "content_sha256": np.array(content, dtype=object).astype(str),
     }
 
 

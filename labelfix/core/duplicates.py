@@ -115,13 +115,15 @@ def _union(n: int, pairs: np.ndarray) -> np.ndarray:
     return np.array([find(i) for i in range(n)])
 
 
-def find_duplicates(images: np.ndarray, y: np.ndarray, posterior: np.ndarray) -> Duplicates:
+def find_duplicates(
+    images: np.ndarray, y: np.ndarray, posterior: np.ndarray, hashes: list[bytes] | None = None
+) -> Duplicates:
     """Duplicate groups of the decoded images (N, H, W, C) with given labels `y` and the noise
-    posterior (N, C) that picks a conflicting group's consensus."""
+    posterior (N, C) that picks a conflicting group's consensus (`hashes`: pixel_hashes(images))."""
     n = len(y)
     first: dict[bytes, int] = {}
     exact = []
-    for i, h in enumerate(pixel_hashes(images)):
+    for i, h in enumerate(hashes if hashes is not None else pixel_hashes(images)):
         if h in first:
             exact.append((first[h], i))
         else:

@@ -1,0 +1,148 @@
+"""Where scan's evidence comes from: the user's --pred-probs/--embeddings, or a teacher over the
+images (decoded into the run's cache, its outputs cached by everything that changes them), and the
+kNN graph built over it."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from labelfix import __version__
+from labelfix.config import ScanConfig
+from labelfix.core.issues import feature_space
+from labelfix.files import rundir as rd
+from labelfix.files.inputs import (
+    LabelSet,
+    check_pred_probs,
+    decode_images,
+    load_npy,
+    resolve_paths,
+    sha256_file,
+    sha256_json,
+)
+from labelfix.files.outputs import atomic_save_npy, atomic_write_json
+from labelfix.files.rundir import RunDir
+
+if TYPE_CHECKING:
+    from labelfix.commands.scan import ScanInputs
+
+
+@dataclass
+class Evidence:
+    """Probabilities and the rows to build the graph in, with what produced them."""
+
+    probs: np.ndarray
+    emb: np.ndarray
+    source: str  # "pred_probs", "embeddings" (given) or "teacher"
+    hashes: dict
+    teacher_stats: dict = field(default_factory=dict)
+    image_info: dict | None = None
+    images: np.ndarray | None = None  # the decoded (N, H, W, C) uint8 array, for duplicates
+
+
+def given_evidence(inputs: ScanInputs, labels: LabelSet) -> Evidence:
+    """--pred-probs (and --embeddings) as the user gave them, checked against the labels."""
+    c = len(labels.class_names)
+    probs = check_pred_probs(load_npy(inputs.pred_probs, "--pred-probs", labels.n, c), inputs.pred_probs)
+    hashes = {"labels_sha256": labels.labels_sha256, "pred_probs_sha256": sha256_file(inputs.pred_probs)}
+    features = None
+    if inputs.embeddings is not None:
+        features = load_npy(inputs.embeddings, "--embeddings", labels.n)
+        hashes["embeddings_sha256"] = sha256_file(inputs.embeddings)
+    emb, source = feature_space(probs, features)
+    if inputs.images_dir is not None:
+        resolve_paths(inputs.images_dir, labels, str(inputs.labels_csv))
+    return Evidence(probs, emb, source, hashes)
+
+
+def teacher_evidence(inputs, cfg: ScanConfig, labels: LabelSet, run: RunDir, stage: Path, device, timer, progress):
+    """Decode the images into the run's cache and run the teacher, reusing its cached outputs
+    when the images, labels, teacher settings, seed, device, precision and threads match."""
+    from labelfix.models.teacher import TeacherOutput, run_teacher
+
+    csv_name = str(inputs.labels_csv or inputs.images_dir)
+    with timer("decode images"):
+        files = resolve_paths(inputs.images_dir, labels, csv_name)
+        tmp_img = stage / rd.CACHE / "images.u8.partial"
+        arr = decode_images(files, tmp_img, cfg.teacher.image_size, csv_name, progress)
+        img_name = f"images-{arr.images_sha256[:16]}-{arr.shape[1]}x{arr.shape[2]}x{arr.shape[3]}.u8"
+        tmp_img.rename(stage / rd.CACHE / img_name)
+        images = np.memmap(stage / rd.CACHE / img_name, dtype=np.uint8, mode="r", shape=arr.shape)
+    key = teacher_cache_key(cfg, arr, labels.y, device)
+    cache = f"{rd.CACHE}/teacher-{key}"
+    cached = load_teacher_cache(run, cache, labels.n, len(labels.class_names))
+    if cached is not None:
+        teacher = TeacherOutput(*cached)
+        teacher.stats["cache_hit"] = True
+    else:
+        with timer("teacher"):
+            teacher = run_teacher(images, labels.y, len(labels.class_names), cfg.teacher, cfg.seed, device, progress)
+        atomic_save_npy(stage / cache / "probs.npy", teacher.probs)
+        atomic_save_npy(stage / cache / rd.EMBEDDINGS, teacher.embeddings)
+        atomic_write_json(stage / cache / "stats.json", teacher.stats)
+        teacher.stats["cache_hit"] = False
+    hashes = {"labels_sha256": labels.labels_sha256, "images_sha256": arr.images_sha256}
+    info = {"cache": f"{rd.CACHE}/{img_name}", "shape": list(arr.shape)}
+    stats = dict(teacher.stats, cache=cache)
+    return Evidence(teacher.probs, teacher.embeddings, "teacher", hashes, stats, info, images)
+
+
+def teacher_cache_key(cfg: ScanConfig, arr, y: np.ndarray, device: str) -> str:
+    """Everything that changes the teacher's numbers: a folder moved to another host, or run
+    with another thread count, recomputes instead of reusing another setting's outputs."""
+    import torch
+
+    from labelfix.runtime import resolve_precision
+
+    return sha256_json(
+        {
+            "v": __version__,
+            "images": arr.images_sha256,
+            "shape": arr.shape,
+            "y": hashlib.sha256(np.ascontiguousarray(y).tobytes()).hexdigest(),
+            "teacher": cfg.teacher.__dict__,
+            "seed": cfg.seed,
+            "device": device,
+            "precision": resolve_precision(device, cfg.teacher.precision),
+            "threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+        }
+    )[:20]
+
+
+def load_teacher_cache(run: RunDir, cache: str, n: int, c: int):
+    """(probs, embeddings, stats) from the run's teacher cache, or None when absent or damaged."""
+    from labelfix.errors import RunDirError
+
+    try:
+        probs = np.array(run.load_array(f"{cache}/probs.npy", n, "f", c))
+        emb = np.array(run.load_array(f"{cache}/{rd.EMBEDDINGS}", n, "f"))
+        stats = run.load_json(f"{cache}/stats.json", "recomputed")
+    except RunDirError:
+        return None
+    return probs, emb, stats
+
+
+def build_graph(inputs: ScanInputs, cfg: ScanConfig, emb: np.ndarray, n: int, device: str, progress):
+    from labelfix.core.graph import build_knn, build_knn_out_of_fold
+
+    if inputs.pred_probs is None and cfg.teacher.teacher == "auto":
+        from labelfix.models.teacher import fold_assignment
+
+        # the auto teacher's features are trained on half the labels: link rows only in the
+        # space of the fold model that never saw them (graph.build_knn_out_of_fold)
+        folds = fold_assignment(n, cfg.teacher.folds, cfg.seed)
+        return build_knn_out_of_fold(emb, folds, cfg.k, device, progress=progress)
+    return build_knn(emb, cfg.k, device, progress=progress)
+
+
+def evidence_source(inputs: ScanInputs, cfg: ScanConfig) -> str:
+    if inputs.pred_probs is not None:
+        return "the --pred-probs probabilities"
+    if cfg.teacher.teacher == "auto":
+        return "the auto teacher's out-of-sample probabilities"
+    return f"the --teacher {cfg.teacher.teacher} probabilities"

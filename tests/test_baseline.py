@@ -1,0 +1,81 @@
+"""The baseline gate (issue 12): a scan against an earlier run reports new, fixed and unchanged
+issues, matching rows by path and, for images, by content."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import write_csv
+
+import labelfix
+from labelfix.files.baseline import summary_markdown
+
+N, C = 400, 4
+
+
+@pytest.fixture(scope="module")
+def fixed_model(tmp_path_factory):
+    """One fixed model's probabilities and labels with 15% wrong, scanned once as the baseline."""
+    rng = np.random.default_rng(11)
+    d = tmp_path_factory.mktemp("baseline")
+    true = rng.integers(0, C, N)
+    given = np.where(rng.random(N) < 0.15, (true + 1) % C, true)
+    logits = rng.normal(0, 0.6, (N, C))
+    logits[np.arange(N), true] += 3.5
+    np.save(d / "probs.npy", (np.exp(logits) / np.exp(logits).sum(1, keepdims=True)).astype(np.float32))
+    write_csv(d / "labels.csv", ("path", "label"), [(f"img/{i}.png", f"c{g}") for i, g in enumerate(given)])
+    labelfix.scan(labels_csv=d / "labels.csv", pred_probs=d / "probs.npy", out=d / "base")
+    return d, true, given
+
+
+def _relabel(d, given, rows, name):
+    g = given.copy()
+    g[rows] = (g[rows] + 2) % C
+    return write_csv(d / name, ("path", "label"), [(f"img/{i}.png", f"c{v}") for i, v in enumerate(g)])
+
+
+def test_five_new_wrong_labels_are_the_new_issues(fixed_model, tmp_path):
+    d, true, given = fixed_model
+    clean_rows = np.flatnonzero(given == true)[:5]
+    csv = _relabel(d, given, clean_rows, "labels5.csv")
+    res = labelfix.scan(labels_csv=csv, pred_probs=d / "probs.npy", out=tmp_path / "run", baseline=d / "base")
+    diff = res.baseline
+    assert sorted(diff.new["path"]) == sorted(f"img/{i}.png" for i in clean_rows)
+    assert len(diff.fixed) == 0 and diff.unchanged == int(res.summary["counts"]["issues"]) - 5
+    assert res.summary["baseline"]["new_issues"] == 5
+    md = summary_markdown(res.summary, diff)
+    assert "**5 new**" in md and all(f"`img/{i}.png`" in md for i in clean_rows)
+
+
+def test_the_same_inputs_have_no_new_issues(fixed_model, tmp_path):
+    d, _true, _given = fixed_model
+    res = labelfix.scan(
+        labels_csv=d / "labels.csv", pred_probs=d / "probs.npy", out=tmp_path / "r", baseline=d / "base"
+    )
+    assert len(res.baseline.new) == 0 and len(res.baseline.fixed) == 0
+    assert res.baseline.unchanged == res.summary["counts"]["issues"] > 0
+    # the baseline may also be given as its scan.parquet
+    res2 = labelfix.scan(
+        labels_csv=d / "labels.csv", pred_probs=d / "probs.npy", out=tmp_path / "r2", baseline=d / "base/scan.parquet"
+    )
+    assert len(res2.baseline.new) == 0
+
+
+def test_fixed_labels_are_reported_fixed(fixed_model, tmp_path):
+    d, true, given = fixed_model
+    wrong = np.flatnonzero(given != true)[:4]
+    g = given.copy()
+    g[wrong] = true[wrong]
+    csv = write_csv(d / "labels_fixed.csv", ("path", "label"), [(f"img/{i}.png", f"c{v}") for i, v in enumerate(g)])
+    res = labelfix.scan(labels_csv=csv, pred_probs=d / "probs.npy", out=tmp_path / "r", baseline=d / "base")
+    assert {f"img/{i}.png" for i in wrong} <= set(res.baseline.fixed["path"])
+
+
+def test_a_bad_baseline_is_refused_before_any_work(fixed_model, tmp_path):
+    d, _true, _given = fixed_model
+    (tmp_path / "x.parquet").write_bytes(b"nope")
+    with pytest.raises(labelfix.InputError, match="--baseline"):
+        labelfix.scan(
+            labels_csv=d / "labels.csv", pred_probs=d / "probs.npy", out=tmp_path / "r", baseline=tmp_path / "x.parquet"
+        )
+    assert not (tmp_path / "r").exists()

@@ -469,3 +469,30 @@ def test_usage_errors_are_one_line(tmp_path):
         err = stderr_of(r)
         assert r.exit_code == 2 and len(err.strip().splitlines()) == 1, err
         assert err.startswith("labelfix: error: ") and needle in err, err
+
+
+def test_staging_of_a_sigkilled_scan_is_removed_by_the_next_scan(tiny_dataset, tmp_path):
+    """Defect 9, for real: SIGKILL a scan while it trains (its staging folder exists), then scan
+    again into the same folder: nothing of the killed run is left."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    img, csv, _ = tiny_dataset
+    out = tmp_path / "out"
+    args = [sys.executable, "-m", "labelfix.cli", "scan", img, "--labels", csv, "--out", out]
+    proc = subprocess.Popen([*map(str, args), "--epochs", "400", "--device", "cpu", "--allow-weak-teacher"])
+    try:
+        deadline = time.monotonic() + 120
+        while not list(out.glob(".staging-*")) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert list(out.glob(".staging-*")), "the scan never staged anything"
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    np.save(tmp_path / "p.npy", _probs_for(6))
+    r = scan("--labels", csv, "--pred-probs", tmp_path / "p.npy", "--out", out, "--allow-weak-teacher")
+    assert r.exit_code == 0, stderr_of(r)
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]

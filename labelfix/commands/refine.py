@@ -111,10 +111,35 @@ def refine(
     with run.commit("refine") as stage:
         write_parquet(stage / rd.REFINED, refined_table(df, y, names_arr, res), dict(meta, refine=asdict(cfg)))
         atomic_write_bytes(stage / rd.REFINED_CSV, csv_bytes)
+        write_review_files(stage, refined_frame(df, names_arr, res), df, names)
         stats["time_s"] = round(time.perf_counter() - t0, 3)
         summary["refine"] = stats
         atomic_write_json(stage / rd.SUMMARY, summary)
     return stats
+
+
+def refined_frame(df, names: np.ndarray, res: Refined):
+    import pandas as pd
+
+    return pd.DataFrame(
+        {
+            "path": df["path"].to_numpy().astype(str),
+            "given_label": df["given_label"].to_numpy().astype(str),
+            "refined_label": names[res.refined].astype(str),
+            "ambiguity": res.ambiguity,
+            "action": res.action,
+        }
+    )
+
+
+def write_review_files(stage: Path, refined, scan, names: list[str]) -> None:
+    """review.csv and the Label Studio tasks and config (labelfix.files.review)."""
+    from labelfix.files.review import label_studio_config, label_studio_tasks, review_rows
+
+    rows = review_rows(refined, scan)
+    atomic_write_bytes(stage / rd.REVIEW_CSV, rows.to_csv(index=False).encode())
+    atomic_write_json(stage / rd.LABEL_STUDIO, label_studio_tasks(rows, __version__))
+    atomic_write_bytes(stage / rd.LABEL_STUDIO_CONFIG, label_studio_config(names).encode())
 
 
 def refined_table(df, y: np.ndarray, names: np.ndarray, res: Refined) -> dict:

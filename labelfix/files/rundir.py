@@ -48,6 +48,9 @@ CACHE = "cache"
 MANIFEST = "labelfix-manifest.json"
 PENDING = ".commit-pending"
 REPORT = "report.html"
+REVIEW_CSV = "review.csv"
+LABEL_STUDIO = "labelstudio.json"
+LABEL_STUDIO_CONFIG = "labelstudio-config.xml"
 
 COMMANDS = ("scan", "refine", "distill", "predict")
 HASHED_BELOW = 64 << 20  # files smaller than this get a SHA-256 in the manifest

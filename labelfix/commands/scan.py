@@ -41,6 +41,10 @@ SCAN_FILE, SUMMARY_FILE, GRAPH_IDS, GRAPH_SIMS, EMBEDDINGS_FILE = (
 )
 
 
+MATRIX_IN_JSON = 50  # classes up to which C x C matrices are written into summary.json in full
+MATRIX_TOP = 100  # largest off-diagonal entries kept in the JSON above that
+
+
 @dataclass(frozen=True)
 class ScanInputs:
     """What the user pointed scan at. Either `images_dir`, or `labels_csv` with `pred_probs`."""
@@ -158,6 +162,8 @@ def scan(inputs: ScanInputs, cfg: ScanConfig, out: Path, progress: Progress | No
         meta = {"labelfix_version": __version__, "class_names": labels.class_names, "config": cfg.to_dict()}
         meta["seed"] = cfg.seed
         atomic_save_npy(stage / rd.GRAPH_IDS, graph.ids)
+        atomic_save_npy(stage / rd.NOISE_MATRIX, found.noise_matrix(labels.y).astype(np.float32))
+        atomic_save_npy(stage / rd.CONFIDENT_JOINT, found.noise.matrix.astype(np.float32))
         atomic_save_npy(stage / rd.GRAPH_SIMS, graph.sims)
         if inputs.pred_probs is not None:
             atomic_save_npy(stage / rd.EMBEDDINGS, ev.emb)
@@ -202,6 +208,23 @@ def scan_table(
         "duplicate_conflict": dup.conflict if dup is not None else np.zeros(n, dtype=bool),
         "content_sha256": np.array(content, dtype=object).astype(str),
     }
+
+
+def matrix_record(m: np.ndarray, file: str, description: str) -> dict:
+    """A C x C matrix for summary.json: in full up to MATRIX_IN_JSON classes; above, only its
+    largest off-diagonal entries (the whole matrix is in `file`, written beside it), so
+    summary.json stays small whatever C is."""
+    c = len(m)
+    rec = {"description": description, "file": file} if description else {"file": file}
+    if c <= MATRIX_IN_JSON:
+        rec["values"] = np.round(m, 4)
+        return rec
+    off = np.where(np.eye(c, dtype=bool), -np.inf, m)
+    top = np.argsort(off, axis=None)[::-1][:MATRIX_TOP]
+    rows, cols = np.unravel_index(top, m.shape)
+    rec["values"] = None
+    rec["largest_off_diagonal"] = [[int(i), int(j), round(float(m[i, j]), 4)] for i, j in zip(rows, cols)]
+    return rec
 
 
 def _threads() -> int:
@@ -280,15 +303,16 @@ def scan_summary(inputs: ScanInputs, cfg: ScanConfig, labels: LabelSet, ev: Evid
         if from_probs
         else "teacher probabilities and the embedding graph's neighbour vote",
         "detection": found.detection.report(),
-        "noise_matrix": {
-            "description": "P(true class = column | given class = row): mean posterior of the rows given each class",
-            "values": np.round(found.noise_matrix(y), 4),
-        },
+        "noise_matrix": matrix_record(
+            found.noise_matrix(y),
+            rd.NOISE_MATRIX,
+            "P(true class = column | given class = row): mean posterior of the rows given each class",
+        ),
         "confident_joint": {
             "description": "Confident Learning's calibrated estimate of the teacher probabilities (the noise model's starting T)",
             "noise_rate": round(noise.overall, 4),
             "per_class": np.round(noise.rates, 4),
-            "matrix": np.round(noise.matrix, 4),
+            **matrix_record(noise.matrix, rd.CONFIDENT_JOINT, ""),
         },
         "teacher": ev.teacher_stats,
         "teacher_heldout_agreement_with_given": round(float((ev.probs.argmax(1) == y).mean()), 4),

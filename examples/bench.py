@@ -160,7 +160,7 @@ def run_matrix(names: list[str], repeats: int, work: Path, reuse: bool = False, 
         for r in range(repeats):
             done = work / f"{name}-r{r}" / "bench.json"
             if reuse and done.is_file():
-                reps.append(json.loads(done.read_text()))
+                reps.append(json.loads(done.read_text(), parse_constant=lambda c: None))  # old rows held NaN
                 continue
             if name in FMNIST_ROWS:
                 if images is None:
@@ -222,7 +222,7 @@ def run_matrix(names: list[str], repeats: int, work: Path, reuse: bool = False, 
         else:
             print(
                 f"{name}: labelfix F1 {r['labelfix flags']['f1']:.4f}, best cleanlab "
-                f"{r.get('best_cleanlab_f1', float('nan')):.4f}, refined acc {r['refined_accuracy']:.4f}, "
+                f"{r.get('best_cleanlab_f1') or float('nan'):.4f}, refined acc {r['refined_accuracy']:.4f}, "
                 f"teacher acc {r['teacher_accuracy']:.4f}, flagged {r['labelfix flags']['flagged'] / r['samples']:.3f}, "
                 f"{r['row_seconds']:.0f}s",
                 flush=True,
@@ -350,7 +350,7 @@ def image_row(name: str, r: dict) -> str:
     amb = r["ambiguity_wrong_over_right"]
     return (
         f"| {name} | {noise} | {r['actual_noise_rate']:.3f} | {pr} | {f1} | {best} | {ratio} | {fmt(lf['auroc'])} | "
-        f"{refined} | {fmt(r['teacher_accuracy'])} | {'-' if amb != amb else f'{amb:.2f}'} | {r['scan_wall_s']:.0f} | "
+        f"{refined} | {fmt(r['teacher_accuracy'])} | {'-' if amb is None or amb != amb else f'{amb:.2f}'} | {r['scan_wall_s']:.0f} | "
         f"{row_seconds(r):.0f} |"
     )
 

@@ -288,7 +288,6 @@ def test_same_image_under_two_spellings_is_refused(tiny_dataset, tmp_path, spell
     assert re.search(r"rows 2 and 8 name the same image|row 8: path .* duplicates row 2", stderr_of(r))
 
 
-@pytest.mark.xfail(strict=True, reason="needs the call site in commands/scan.py: cfg.check_rows(labels.n, ...)")
 def test_more_folds_than_samples_is_refused_before_training(tiny_dataset, tmp_path, monkeypatch):
     """Defect 7: --folds above the number of samples trained a model per fold, empty folds wrote
     NaN into summary.json. Now a one-line error naming --folds, before any training."""

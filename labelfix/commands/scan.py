@@ -123,6 +123,7 @@ def scan(inputs: ScanInputs, cfg: ScanConfig, out: Path, progress: Progress | No
     seed_everything(cfg.seed)
     with timer("read inputs"):
         labels = load_labels(inputs)
+        cfg.check_rows(labels.n, teacher=inputs.pred_probs is None)
         base = read_baseline(inputs.baseline) if inputs.baseline is not None else None
     with run.commit("scan", clean=True, keep=(inputs.labels_csv, inputs.pred_probs, inputs.embeddings)) as stage:
         if inputs.pred_probs is not None:
@@ -321,6 +322,8 @@ def scan_summary(inputs: ScanInputs, cfg: ScanConfig, labels: LabelSet, ev: Evid
         "graph": {
             "k": int(graph.ids.shape[1]),
             "index": graph.index_kind,
+            # recall@k of an approximate index against exact search on a sample (None: exact)
+            "recall_at_k": graph.recall,
             "built_from": "pred_probs" if from_probs else "embeddings",
         },
         "warnings": list(found.warnings) + stall_warnings(ev.teacher_stats),

@@ -29,7 +29,7 @@ import numpy as np
 
 from labelfix import __version__
 from labelfix.errors import RunDirError
-from labelfix.files.outputs import atomic_write_json, check_version, read_parquet
+from labelfix.files.outputs import atomic_write_json, check_version, read_parquet, remove_stale_staging
 
 SUMMARY = "summary.json"
 SCAN = "scan.parquet"
@@ -241,7 +241,7 @@ class RunDir:
             raise ValueError(f"unknown command {command!r}")
         created = not self.path.exists()
         self.path.mkdir(parents=True, exist_ok=True)
-        remove_orphan_staging(self.path)
+        remove_stale_staging(self.path)
         stage = Path(tempfile.mkdtemp(dir=self.path, prefix=f".staging-{os.getpid()}-"))
         try:
             yield stage
@@ -293,25 +293,6 @@ def _entry(path: Path, command: str) -> dict:
     if size < HASHED_BELOW and not path.name.endswith(".u8"):
         entry["sha256"] = sha256_path(path)
     return entry
-
-
-def remove_orphan_staging(root: Path) -> None:
-    """Remove `.staging-PID-*` folders of processes that are gone (killed mid-command)."""
-    for stage in root.glob(".staging-*"):
-        parts = stage.name.split("-")
-        pid = int(parts[1]) if len(parts) > 2 and parts[1].isdigit() else None
-        if pid is None or not _alive(pid):
-            shutil.rmtree(stage, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True
-    return True
 
 
 def _remove(root: Path, name: str) -> None:

@@ -134,9 +134,7 @@ def find_label_issues(
     """
     from labelfix.core.issues import find_issues
 
-    ev = _evidence(
-        labels, pred_probs, features, k=k, num_classes=num_classes, folds=folds, seed=seed, device=device
-    )
+    ev = _evidence(labels, pred_probs, features, k=k, num_classes=num_classes, folds=folds, seed=seed, device=device)
     found = find_issues(
         ev.y,
         ev.probs,
@@ -197,9 +195,7 @@ def refine_labels(
         rounds=rounds, relabel_min_confidence=min_confidence, relabel_max_ambiguity=max_ambiguity, gamma=gamma
     )
     cfg.validate()
-    ev = _evidence(
-        labels, pred_probs, features, k=k, num_classes=num_classes, folds=folds, seed=seed, device=device
-    )
+    ev = _evidence(labels, pred_probs, features, k=k, num_classes=num_classes, folds=folds, seed=seed, device=device)
     c = ev.probs.shape[1]
     check, warnings = teacher_gate(
         ev.probs,

@@ -14,17 +14,25 @@ from labelfix.config import check_finite, check_seed
 from labelfix.errors import GateFailed, InputError, LabelfixError, from_os_error
 from labelfix.files.paths import check_path_flag
 
+
+def _exit_codes() -> str:
+    from labelfix.errors import EXIT_CODES
+
+    return "Exit codes: " + "; ".join(f"{code} {what}" for code, what in EXIT_CODES.items()) + "."
+
+
 app = typer.Typer(
     cls=opt.OneLineGroup,
     add_completion=False,
     no_args_is_help=True,
     help="Find and fix wrong labels in image classification datasets.",
+    epilog=_exit_codes(),
     pretty_exceptions_enable=False,
 )
 
 
 @app.callback()
-def _main() -> None:
+def _main(version: opt.Version = False) -> None:
     """Find and fix wrong labels in image classification datasets."""
     import signal
 
@@ -35,43 +43,14 @@ def _main() -> None:
     signal.signal(signal.SIGTERM, _terminate)
 
 
-class RichProgress:
-    """Progress bars on stderr."""
+def _progress(enabled: bool = True):
+    """Bars on a terminal, plain lines when stderr is a file or a CI log (labelfix.terminal);
+    LABELFIX_PROGRESS=none silences them."""
+    import os
 
-    def __init__(self, enabled: bool = True):
-        from rich.console import Console
+    from labelfix.terminal import make_progress
 
-        self.console = Console(stderr=True)
-        self.enabled = enabled and self.console.is_terminal
-
-    @contextmanager
-    def task(self, description: str, total):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        if not self.enabled:
-            from labelfix.progress import _NullTask
-
-            yield _NullTask()
-            return
-        with Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=self.console,
-            transient=True,
-        ) as prog:
-            tid = prog.add_task(description, total=total)
-
-            class _T:
-                def advance(self, n: int = 1):
-                    prog.advance(tid, n)
-
-            yield _T()
-
-    def log(self, message: str) -> None:
-        if self.enabled:
-            self.console.print(message)
+    return make_progress(enabled and os.environ.get("LABELFIX_PROGRESS", "") != "none")
 
 
 def _fail(exc: LabelfixError) -> None:
@@ -137,6 +116,12 @@ def scan(
     seed: opt.Seed = 0,
     fail_above: opt.FailAbove = None,
     allow_weak_teacher: opt.AllowWeakTeacher = False,
+    baseline: opt.Baseline = None,
+    fail_on_new: opt.FailOnNew = None,
+    summary_md: opt.SummaryMd = None,
+    strict: opt.Strict = False,
+    report: opt.Report = False,
+    skip_unreadable: opt.SkipUnreadable = False,
     json_out: opt.ScanJson = False,
 ) -> None:
     """Embed with a teacher, build a kNN graph, estimate noise and flag likely wrong labels."""
@@ -147,11 +132,10 @@ def scan(
     from labelfix.render import render_scan
 
     given = {"IMAGES_DIR": images_dir, "--labels": labels, "--pred-probs": pred_probs, "--embeddings": embeddings}
-    with _one_line({"--out": out}, given):
-        check_finite({"--fail-above": fail_above})
-        if fail_above is not None and not 0.0 <= fail_above <= 1.0:
-            raise InputError(f"--fail-above must be in [0, 1] (got {fail_above})")
-        for flag, value in given.items():
+    given["--baseline"] = baseline
+    with _one_line({"--out": out, "--summary-md": summary_md}, given):
+        _check_gates(fail_above, fail_on_new, baseline)
+        for flag, value in {**given, "--summary-md": summary_md}.items():
             check_path_flag(value, flag)
         _prepare_out(out)
         tcfg = TeacherConfig(
@@ -168,14 +152,91 @@ def scan(
         )
         cfg = ScanConfig(k=k, seed=seed, device=device, allow_weak_teacher=allow_weak_teacher, teacher=tcfg)
         cfg.validate()
-        inputs = ScanInputs(images_dir, labels, path_col, label_col, read_class_list(classes), pred_probs, embeddings)
-        result = run_scan(inputs, cfg, out, RichProgress(not json_out))
+        classes_list = read_class_list(classes)
+        inputs = ScanInputs(
+            images_dir, labels, path_col, label_col, classes_list, pred_probs, embeddings, baseline, skip_unreadable
+        )
+        result = run_scan(inputs, cfg, out, _progress(not json_out))
+        _after_scan(result, out, report, summary_md)
     render_scan(result.summary, json_out)
     if json_out:
         _warn(result.summary.get("warnings", []))
+    else:
+        _next_steps(out, report)
+    _gates(result, fail_above, fail_on_new, strict)
+
+
+def _check_gates(fail_above, fail_on_new, baseline) -> None:
+    check_finite({"--fail-above": fail_above})
+    if fail_above is not None and not 0.0 <= fail_above <= 1.0:
+        raise InputError(f"--fail-above must be in [0, 1] (got {fail_above})")
+    if fail_on_new is not None and fail_on_new < 0:
+        raise InputError(f"--fail-on-new must be >= 0 (got {fail_on_new})")
+    if fail_on_new is not None and baseline is None:
+        raise InputError("--fail-on-new needs --baseline (the run to compare with)")
+
+
+def _after_scan(result, out: Path, report: bool, summary_md: Optional[Path]) -> None:
+    """The files written after the run's commit: the report and the Markdown summary."""
+    if report:
+        from labelfix.report import write_report
+
+        write_report(out)
+    if summary_md is not None:
+        from labelfix.files.baseline import summary_markdown
+        from labelfix.files.outputs import atomic_write_bytes
+
+        atomic_write_bytes(summary_md, summary_markdown(result.summary, result.baseline).encode())
+
+
+def _next_steps(out: Path, report: bool) -> None:
+    opened = f"open {out / 'report.html'}" if report else f"labelfix report {out}"
+    typer.echo(f"labelfix: outputs in {out}/ (scan.parquet, summary.json); next: {opened}, or labelfix refine {out}")
+
+
+def _gates(result, fail_above, fail_on_new, strict) -> None:
+    """The CI gates, after the outputs are written: --fail-above, --fail-on-new, --strict."""
+    from labelfix.errors import NewIssues, StrictWarnings
+
     rate = result.summary["estimated_noise_rate"]
     if fail_above is not None and rate > fail_above:
         _fail(GateFailed(f"estimated share of wrong labels {rate:.4f} exceeds --fail-above {fail_above}"))
+    if fail_on_new is not None and result.baseline is not None and len(result.baseline.new) > fail_on_new:
+        new = len(result.baseline.new)
+        _fail(
+            NewIssues(f"{new} new issues against --baseline {result.baseline.baseline} (--fail-on-new {fail_on_new})")
+        )
+    if strict and result.summary.get("warnings"):
+        n = len(result.summary["warnings"])
+        _fail(StrictWarnings(f"--strict: the run has {n} warning(s): {result.summary['warnings'][0]}"))
+
+
+@app.command(cls=opt.OneLineCommand)
+def report(run_dir: opt.ReportRunDir, out: opt.ReportOut = None) -> None:
+    """Write one self-contained HTML report of a run (summary, noise matrix, galleries, review queue)."""
+    from labelfix.report import write_report
+
+    with _one_line({"--out": out}, {"RUN_DIR": run_dir}):
+        check_path_flag(run_dir, "RUN_DIR")
+        check_path_flag(out, "--out")
+        path = write_report(run_dir, out)
+    typer.echo(f"labelfix: report written to {path}")
+
+
+@app.command(cls=opt.OneLineCommand)
+def env(json_out: opt.EnvJson = False) -> None:
+    """Print Python, torch, CUDA, faiss (and its GPUs), numpy, cleanlab, OS and CPU threads, for bug reports."""
+    from labelfix.environment import environment
+    from labelfix.files.outputs import to_json
+
+    info = environment()
+    if json_out:
+        typer.echo(to_json(info))
+        return
+    for name, version in info["versions"].items():
+        typer.echo(f"{name:14s} {version or 'not installed'}")
+    for name, value in info["hardware"].items():
+        typer.echo(f"{name:14s} {value}")
 
 
 @app.command(cls=opt.OneLineCommand)
@@ -205,7 +266,7 @@ def refine(
             relabel_min_confidence=min_confidence,
             drop_review=drop_review,
         )
-        stats = run_refine(run_dir, cfg, RichProgress(not json_out), mutual=not no_mutual)
+        stats = run_refine(run_dir, cfg, _progress(not json_out), mutual=not no_mutual)
     render_refine(stats, json_out)
     _warn(stats.get("warnings", []))
 
@@ -246,7 +307,7 @@ def distill(
             precision=precision,
             seed=seed,
         )
-        report = run_distill(run_dir, cfg, RichProgress(not json_out))
+        report = run_distill(run_dir, cfg, _progress(not json_out))
     render_distill(report, run_dir, json_out)
     _warn(report.get("warnings", []))
 
@@ -273,9 +334,7 @@ def predict(
             check_path_flag(value, flag)
         _prepare_out(out)  # before inference: a file at --out used to fail only after it
         with leave_no_trace(out):
-            report = run_predict(
-                images_dir, model, out, labels, path_col, label_col, device, RichProgress(not json_out)
-            )
+            report = run_predict(images_dir, model, out, labels, path_col, label_col, device, _progress(not json_out))
     render_predict(report, json_out)
 
 
@@ -313,7 +372,7 @@ def bench(
             check_path_flag(value, flag)
         _prepare_out(out)
         row = bench_from_flags(
-            given, read_class_list(class_names), n, noise, rate, out, seed, not no_cleanlab, RichProgress(not json_out)
+            given, read_class_list(class_names), n, noise, rate, out, seed, not no_cleanlab, _progress(not json_out)
         )
     render_bench(row, json_out)
 
@@ -330,7 +389,7 @@ def demo(out: opt.DemoOut = Path("labelfix-demo"), noise: opt.DemoNoise = 0.2, s
             raise InputError(f"--noise must be in [0, 1) (got {noise})")
         check_seed(seed)
         _prepare_out(out)
-        result, metrics = run_demo(out, noise, seed, RichProgress())
+        result, metrics = run_demo(out, noise, seed, _progress())
     render_demo(result.summary, metrics, out)
 
 

@@ -11,6 +11,8 @@ Exit codes (documented in the README):
        (predictions unrelated to the labels): its flags would be noise, so none are written
        (`--allow-weak-teacher` writes them, marked)
     10 the `--fail-above` gate tripped: estimated share of wrong labels above the threshold
+    11 the `--fail-on-new` gate tripped: more new issues against `--baseline` than allowed
+    12 `--strict` and the run has warnings (a weak teacher allowed through, a stalled fold...)
 """
 
 from __future__ import annotations
@@ -63,6 +65,31 @@ class GateFailed(LabelfixError):
     """Estimated share of wrong labels exceeds `--fail-above`."""
 
     exit_code = 10
+
+
+class NewIssues(LabelfixError):
+    """More new issues against --baseline than --fail-on-new allows."""
+
+    exit_code = 11
+
+
+class StrictWarnings(LabelfixError):
+    """--strict and the run has warnings."""
+
+    exit_code = 12
+
+
+EXIT_CODES = {
+    0: "success",
+    1: "internal error",
+    2: "bad input (a file, row, column or flag at fault) or an output that cannot be written",
+    3: "a teacher or its weights cannot be had",
+    4: "the run directory is missing files, corrupt, or from another labelfix version",
+    5: "the evidence is at chance (weak teacher): nothing written",
+    10: "--fail-above: estimated share of wrong labels above the threshold",
+    11: "--fail-on-new: more new issues against --baseline than allowed",
+    12: "--strict: the run has warnings",
+}
 
 
 # errno values that mean "this output cannot be written here" rather than "this input is bad"

@@ -106,6 +106,41 @@ AllowWeakTeacher = Annotated[
     ),
 ]
 ScanJson = Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout instead of a table.")]
+Baseline = Annotated[
+    Optional[Path],
+    typer.Option(help="An earlier run folder (or its scan.parquet): report new, fixed and unchanged issues."),
+]
+FailOnNew = Annotated[
+    Optional[int],
+    typer.Option("--fail-on-new", help="Exit 11 when more than this many issues are new against --baseline."),
+]
+SummaryMd = Annotated[
+    Optional[Path],
+    typer.Option("--summary-md", help="Write a short Markdown summary here (e.g. $GITHUB_STEP_SUMMARY)."),
+]
+Strict = Annotated[bool, typer.Option("--strict", help="Exit 12 when the run has warnings (a weak teacher...).")]
+Report = Annotated[bool, typer.Option("--report", help="Also write report.html into the run folder.")]
+SkipUnreadable = Annotated[
+    bool,
+    typer.Option("--skip-unreadable", help="Leave out images that cannot be decoded (listed in summary.json)."),
+]
+
+# --------------------------------------------------------------------------- report, env
+
+ReportRunDir = Annotated[Path, typer.Argument(help="Run directory written by scan (and refine).")]
+ReportOut = Annotated[Optional[Path], typer.Option("--out", help="HTML file to write (default RUN_DIR/report.html).")]
+EnvJson = Annotated[bool, typer.Option("--json", help="Print as JSON.")]
+def _print_version(value: bool) -> None:
+    if value:
+        from labelfix import __version__
+
+        typer.echo(f"labelfix {__version__}")
+        raise typer.Exit(0)
+
+
+Version = Annotated[
+    bool, typer.Option("--version", help="Print labelfix's version and exit.", is_eager=True, callback=_print_version)
+]
 
 # --------------------------------------------------------------------------- refine
 

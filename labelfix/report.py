@@ -44,16 +44,26 @@ img.t{object-fit:contain;image-rendering:pixelated;background:#fff;border:1px so
 ol.nb{display:grid;grid-template-columns:1fr 1fr;gap:2px;list-style:none;padding:0;margin:4px 0}"""
 
 
-def write_report(run_dir: Path, out: Path | None = None, *, max_per_class: int = 24, max_queue: int = 500,
-                 neighbours: int = 8) -> Path:
+def write_report(
+    run_dir: Path, out: Path | None = None, *, max_per_class: int = 24, max_queue: int = 500, neighbours: int = 8
+) -> Path:
     """Write the run's HTML report (default `run_dir/report.html`) atomically and return its path. RunDirError names
     the file when summary.json, scan.parquet or the graph is missing or unreadable, or refined.parquet is stale."""
     run = _Run(Path(run_dir), neighbours)
     flagged = np.flatnonzero(run.flags)
     flagged = flagged[np.argsort(-run.score[flagged], kind="stable")]  # highest score first, ties in row order
-    parts = [_summary_html(run), '<div class="row"><div>', _class_table_html(run), "</div><div>", _histogram_html(run),
-             "</div></div>", _matrix_html(run), _galleries_html(run, flagged, max_per_class),
-             _queue_html(run, flagged[: max(0, max_queue)]), _duplicates_html(run)]
+    parts = [
+        _summary_html(run),
+        '<div class="row"><div>',
+        _class_table_html(run),
+        "</div><div>",
+        _histogram_html(run),
+        "</div></div>",
+        _matrix_html(run),
+        _galleries_html(run, flagged, max_per_class),
+        _queue_html(run, flagged[: max(0, max_queue)]),
+        _duplicates_html(run),
+    ]
     out = Path(out) if out is not None else run.dir / "report.html"
     _atomic_write(out, _page(run, "".join(parts)).encode("utf-8"))
     return out
@@ -205,13 +215,17 @@ def _summary_html(run: _Run) -> str:
     teacher = "teacher " + str(((s.get("config") or {}).get("teacher") or {}).get("teacher", "?"))
     p = f" (p = {check['p_value']:.2g})".replace("p = 0)", "p < 1e-300)") if _num(check.get("p_value")) != "–" else ""
     verdict = "weak, unreliable" if check.get("weak") else "untested" if check.get("testable") == 0 else "above chance"
-    items = [("samples", counts.get("samples", run.n)), ("classes", counts.get("classes", len(run.names))),
-             ("flagged", f"{int(run.flags.sum())} ({run.flags.mean() if run.n else 0:.1%})"),
-             ("estimated noise rate", _num(s.get("estimated_noise_rate"), ".1%")),
-             ("teacher agreement with given labels", _num(s.get("teacher_heldout_agreement_with_given"), ".1%")),
-             ("chance agreement", _num(check.get("chance"), ".1%")), ("teacher check", verdict + p),
-             ("probabilities from", "--pred-probs" if (s.get("inputs") or {}).get("pred_probs") else teacher),
-             ("flag threshold (P(wrong))", _num((s.get("detection") or {}).get("flag_threshold")))]
+    items = [
+        ("samples", counts.get("samples", run.n)),
+        ("classes", counts.get("classes", len(run.names))),
+        ("flagged", f"{int(run.flags.sum())} ({run.flags.mean() if run.n else 0:.1%})"),
+        ("estimated noise rate", _num(s.get("estimated_noise_rate"), ".1%")),
+        ("teacher agreement with given labels", _num(s.get("teacher_heldout_agreement_with_given"), ".1%")),
+        ("chance agreement", _num(check.get("chance"), ".1%")),
+        ("teacher check", verdict + p),
+        ("probabilities from", "--pred-probs" if (s.get("inputs") or {}).get("pred_probs") else teacher),
+        ("flag threshold (P(wrong))", _num((s.get("detection") or {}).get("flag_threshold"))),
+    ]
     if run.action is not None:
         items += [(f"refine: {a}", int((run.action == a).sum())) for a in ("keep", "relabel", "review")]
         items.append(("mean ambiguity", _num(float(run.amb.mean()) if run.n else None)))
@@ -253,13 +267,18 @@ def _matrix_html(run: _Run) -> str:
     wrong = m * counts[:, None]
     np.fill_diagonal(wrong, 0.0)
     pairs = [divmod(int(f), c) for f in np.argsort(-wrong, axis=None, kind="stable")[:10]]
-    conf = "".join(f"<li>given {name[a]} → true {name[b]}: ~{wrong[a, b]:.0f} rows</li>"
-                   for a, b in pairs if wrong[a, b] >= 0.5)
-    return (f'<h2 id="matrix">Noise matrix</h2><p class="muted">P(true class = column | given class = row): mean '
-            f"posterior of the rows given each class; off-diagonal red scaled to the largest confusion.{note}</p>"
-            f'<div class="row"><table class="hm"><tr><th class="l">given \\ true</th>'
-            + "".join(f'<th title="{name[k]}">{name[k]}</th>' for k in show) + f"</tr>{body}</table>"
-            + (f"<div>Largest expected confusions:<ul>{conf}</ul></div>" if conf else "") + "</div>")
+    conf = "".join(
+        f"<li>given {name[a]} → true {name[b]}: ~{wrong[a, b]:.0f} rows</li>" for a, b in pairs if wrong[a, b] >= 0.5
+    )
+    return (
+        f'<h2 id="matrix">Noise matrix</h2><p class="muted">P(true class = column | given class = row): mean '
+        f"posterior of the rows given each class; off-diagonal red scaled to the largest confusion.{note}</p>"
+        f'<div class="row"><table class="hm"><tr><th class="l">given \\ true</th>'
+        + "".join(f'<th title="{name[k]}">{name[k]}</th>' for k in show)
+        + f"</tr>{body}</table>"
+        + (f"<div>Largest expected confusions:<ul>{conf}</ul></div>" if conf else "")
+        + "</div>"
+    )
 
 
 def _histogram_html(run: _Run, bins: int = 20) -> str:
@@ -272,32 +291,43 @@ def _histogram_html(run: _Run, bins: int = 20) -> str:
         for count, colour in ((total[k], "#9aa"), (flagged[k], "#c33")):
             if count:
                 bh = (h - 2 * pad) * np.log10(1 + count) / scale
-                bars.append(f'<rect x="{pad + k * bw + 1:.1f}" y="{h - pad - bh:.1f}" width="{bw - 2:.1f}" '
-                            f'height="{bh:.1f}" fill="{colour}"><title>{edges[k]:.2f}-{edges[k + 1]:.2f}: '
-                            f"{total[k]} rows, {flagged[k]} flagged</title></rect>")
-    bars += [f'<text x="{pad + t * (w - 2 * pad):.0f}" y="{h - 10}" font-size="11" text-anchor="middle">{t:g}</text>'
-             for t in (0, 0.25, 0.5, 0.75, 1)]
+                bars.append(
+                    f'<rect x="{pad + k * bw + 1:.1f}" y="{h - pad - bh:.1f}" width="{bw - 2:.1f}" '
+                    f'height="{bh:.1f}" fill="{colour}"><title>{edges[k]:.2f}-{edges[k + 1]:.2f}: '
+                    f"{total[k]} rows, {flagged[k]} flagged</title></rect>"
+                )
+    bars += [
+        f'<text x="{pad + t * (w - 2 * pad):.0f}" y="{h - 10}" font-size="11" text-anchor="middle">{t:g}</text>'
+        for t in (0, 0.25, 0.5, 0.75, 1)
+    ]
     thr = (run.summary.get("detection") or {}).get("flag_threshold")
     if isinstance(thr, (int, float)):
         x = pad + min(max(thr, 0), 1) * (w - 2 * pad)
-        bars.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{pad - 10}" y2="{h - pad}" stroke="#000" '
-                    'stroke-dasharray="4 3"/>')
-    return (f'<h2 id="scores">Issue-score distribution</h2><p class="muted">issue_score = P(wrong label); bar heights '
-            f"on a log scale; grey all rows, red flagged, dashed line the flag threshold.</p>"
-            f'<svg width="{w}" height="{h}" role="img"><rect width="{w}" height="{h}" fill="#fff"/>{"".join(bars)}'
-            f'<line x1="{pad}" x2="{w - pad}" y1="{h - pad}" y2="{h - pad}" stroke="#444"/></svg>')
+        bars.append(
+            f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{pad - 10}" y2="{h - pad}" stroke="#000" stroke-dasharray="4 3"/>'
+        )
+    return (
+        f'<h2 id="scores">Issue-score distribution</h2><p class="muted">issue_score = P(wrong label); bar heights '
+        f"on a log scale; grey all rows, red flagged, dashed line the flag threshold.</p>"
+        f'<svg width="{w}" height="{h}" role="img"><rect width="{w}" height="{h}" fill="#fff"/>{"".join(bars)}'
+        f'<line x1="{pad}" x2="{w - pad}" y1="{h - pad}" y2="{h - pad}" stroke="#444"/></svg>'
+    )
 
 
 def _card(run: _Run, i: int, is_open: bool = False) -> str:
     amb, act = run.refined(i)
-    nbs = "".join(f'<li>{run.thumbs.img(j, NEIGHBOUR_SIDE)} {_e(run.given[j])} <span class="muted">{s:.2f}</span></li>'
-                  for j, s in run.neighbour_rows(i))
-    return (f'<figure class="card" data-row="{i}">{run.thumbs.img(i)}<figcaption>'
-            f'<div><span class="g">{_e(run.given[i])}</span> → <span class="s">{_e(run.suggested[i])}</span></div>'
-            f"<div>score {run.score[i]:.3f} · amb {amb} · {act}</div>"
-            f'<div class="p" title="{_e(run.paths[i])}">{_e(run.paths[i])}</div>'
-            f"<details{' open' * is_open}><summary>neighbours: {run.vote(i)}</summary>"
-            f'<ol class="nb">{nbs}</ol></details></figcaption></figure>')
+    nbs = "".join(
+        f'<li>{run.thumbs.img(j, NEIGHBOUR_SIDE)} {_e(run.given[j])} <span class="muted">{s:.2f}</span></li>'
+        for j, s in run.neighbour_rows(i)
+    )
+    return (
+        f'<figure class="card" data-row="{i}">{run.thumbs.img(i)}<figcaption>'
+        f'<div><span class="g">{_e(run.given[i])}</span> → <span class="s">{_e(run.suggested[i])}</span></div>'
+        f"<div>score {run.score[i]:.3f} · amb {amb} · {act}</div>"
+        f'<div class="p" title="{_e(run.paths[i])}">{_e(run.paths[i])}</div>'
+        f"<details{' open' * is_open}><summary>neighbours: {run.vote(i)}</summary>"
+        f'<ol class="nb">{nbs}</ol></details></figcaption></figure>'
+    )
 
 
 def _galleries_html(run: _Run, flagged: np.ndarray, max_per_class: int) -> str:
@@ -308,16 +338,20 @@ def _galleries_html(run: _Run, flagged: np.ndarray, max_per_class: int) -> str:
     shown = {k: by_class[k][: max(0, max_per_class)] for k in order}
     for i in (i for k in order for i in shown[k]):  # the cards' own thumbnails get the budget before neighbours'
         run.thumbs.img(i)
-    out = ['<h2 id="gallery">Flagged images per given class</h2><p class="muted">Highest score first; given → '
-           'suggested label; "amb": refine\'s ambiguity; "neighbours": nearest rows in the kNN graph, their given '
-           "label and similarity.</p>"]
+    out = [
+        '<h2 id="gallery">Flagged images per given class</h2><p class="muted">Highest score first; given → '
+        'suggested label; "amb": refine\'s ambiguity; "neighbours": nearest rows in the kNN graph, their given '
+        "label and similarity.</p>"
+    ]
     if len(by_class) > len(order):
         out.append(f'<p class="muted">The {len(order)} classes with most flags of {len(by_class)}.</p>')
     for n, k in enumerate(order):
         name = run.names[k] if 0 <= k < len(run.names) else str(k)
         cards = "".join(_card(run, i, n + j == 0) for j, i in enumerate(shown[k]))
-        out.append(f'<section class="gallery" id="class-{k}"><h3>given {_e(name)}: {len(by_class[k])} flagged, '
-                   f'top {len(shown[k])}</h3><div class="cards">{cards}</div></section>')
+        out.append(
+            f'<section class="gallery" id="class-{k}"><h3>given {_e(name)}: {len(by_class[k])} flagged, '
+            f'top {len(shown[k])}</h3><div class="cards">{cards}</div></section>'
+        )
     return "".join(out) if order else out[0] + "<p>No flagged images.</p>"
 
 
@@ -327,19 +361,24 @@ def _queue_html(run: _Run, rows: np.ndarray) -> str:
     pages = []
     for start in range(0, len(rows), QUEUE_PAGE):
         trs = []
-        for rank, i in enumerate(rows[start:start + QUEUE_PAGE], start + 1):
+        for rank, i in enumerate(rows[start : start + QUEUE_PAGE], start + 1):
             amb, act = run.refined(i)
             thumb = f"<td>{run.thumbs.img(i, NEIGHBOUR_SIDE)}</td>" if run.thumbs.available else ""
-            trs.append(f'<tr class="q"><td>{rank}</td>{thumb}<td class="l p" title="{_e(run.paths[i])}">'
-                       f'{_e(run.paths[i])}</td><td class="l">{_e(run.given[i])}</td><td class="l">'
-                       f'{_e(run.suggested[i])}</td><td>{run.score[i]:.3f}</td><td>{amb}</td><td class="l">{act}</td>'
-                       f'<td class="l">{run.vote(i)}</td></tr>')
-        pages.append(f"<details{' open' * (start == 0)}><summary>rows {start + 1}-{start + len(trs)}</summary>"
-                     f"<table>{head}{''.join(trs)}</table></details>")
+            trs.append(
+                f'<tr class="q"><td>{rank}</td>{thumb}<td class="l p" title="{_e(run.paths[i])}">'
+                f'{_e(run.paths[i])}</td><td class="l">{_e(run.given[i])}</td><td class="l">'
+                f'{_e(run.suggested[i])}</td><td>{run.score[i]:.3f}</td><td>{amb}</td><td class="l">{act}</td>'
+                f'<td class="l">{run.vote(i)}</td></tr>'
+            )
+        pages.append(
+            f"<details{' open' * (start == 0)}><summary>rows {start + 1}-{start + len(trs)}</summary>"
+            f"<table>{head}{''.join(trs)}</table></details>"
+        )
     total = int(run.flags.sum())
     cap = f" (the top {len(rows)} of {total}; all are in scan.parquet)" if len(rows) < total else ""
-    return (f'<h2 id="queue">Review queue</h2><p class="muted">Flagged rows by score{cap}.</p>'
-            + ("".join(pages) or "<p>Nothing to review.</p>"))
+    return f'<h2 id="queue">Review queue</h2><p class="muted">Flagged rows by score{cap}.</p>' + (
+        "".join(pages) or "<p>Nothing to review.</p>"
+    )
 
 
 def _duplicates_html(run: _Run) -> str:
@@ -354,14 +393,19 @@ def _duplicates_html(run: _Run) -> str:
     bad = {g for g, members in groups.items() if conflict[members].any()}
     items = []
     for g in sorted(groups, key=lambda g: (g not in bad, -len(groups[g]), g))[:MAX_DUPLICATE_GROUPS]:
-        members = "".join(f'<li>{run.thumbs.img(i, NEIGHBOUR_SIDE)} {_e(run.given[i])} <span class="muted">'
-                          f"{_e(run.paths[i])}</span></li>" for i in groups[g])
+        members = "".join(
+            f'<li>{run.thumbs.img(i, NEIGHBOUR_SIDE)} {_e(run.given[i])} <span class="muted">'
+            f"{_e(run.paths[i])}</span></li>"
+            for i in groups[g]
+        )
         flag = " <b class=g>conflicting labels</b>" if g in bad else ""
         items.append(f'<li class="dup">group {_e(g)}{flag}<ul>{members}</ul></li>')
     more = f" The first {MAX_DUPLICATE_GROUPS}, conflicts first:" if len(groups) > MAX_DUPLICATE_GROUPS else ""
     rule = (run.summary.get("duplicates") or {}).get("rule")
-    return (f'<h2 id="duplicates">Duplicates</h2><p>{len(groups)} groups, {len(rows)} rows, {len(bad)} groups with '
-            f"conflicting labels{f' ({_e(rule)})' if rule else ''}.{more}</p><ul>{''.join(items)}</ul>")
+    return (
+        f'<h2 id="duplicates">Duplicates</h2><p>{len(groups)} groups, {len(rows)} rows, {len(bad)} groups with '
+        f"conflicting labels{f' ({_e(rule)})' if rule else ''}.{more}</p><ul>{''.join(items)}</ul>"
+    )
 
 
 def _page(run: _Run, body: str) -> str:
@@ -371,13 +415,15 @@ def _page(run: _Run, body: str) -> str:
     nav = "".join(f'<a href="#{a}">{a}</a>' for a in ids)
     notes = "" if run.thumbs.available else "No images in this run: pages without thumbnails. "
     notes += f"{run.thumbs.skipped} thumbnails left out to keep the file small." if run.thumbs.skipped else ""
-    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" '
-            f'content="width=device-width,initial-scale=1"><meta http-equiv="Content-Security-Policy" '
-            f"content=\"default-src 'none'; img-src data:; style-src 'unsafe-inline'\"><title>{_e(title)}</title>"
-            f'<style>{CSS}</style></head><body><h1>{_e(title)}</h1><p class="muted">{_e(s.get("command", "scan"))} of '
-            f"{_e(inputs.get('images_dir') or inputs.get('labels_csv') or '?')}, {_e(s.get('created', ''))}, labelfix "
-            f"{_e(s.get('labelfix_version', '?'))}</p><nav>{nav}</nav>"
-            f'<p class="muted">{_e(notes)}</p>{body}</body></html>\n')
+    return (
+        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" '
+        f'content="width=device-width,initial-scale=1"><meta http-equiv="Content-Security-Policy" '
+        f"content=\"default-src 'none'; img-src data:; style-src 'unsafe-inline'\"><title>{_e(title)}</title>"
+        f'<style>{CSS}</style></head><body><h1>{_e(title)}</h1><p class="muted">{_e(s.get("command", "scan"))} of '
+        f"{_e(inputs.get('images_dir') or inputs.get('labels_csv') or '?')}, {_e(s.get('created', ''))}, labelfix "
+        f"{_e(s.get('labelfix_version', '?'))}</p><nav>{nav}</nav>"
+        f'<p class="muted">{_e(notes)}</p>{body}</body></html>\n'
+    )
 
 
 def _atomic_write(path: Path, data: bytes) -> None:

@@ -32,8 +32,11 @@ def make_runner() -> CliRunner:
     return CliRunner()
 
 
-def run_cli(args: list[str]):
-    return make_runner().invoke(labelfix.cli.app, [str(a) for a in args])
+def run_cli(args: list[str], progress: bool = False):
+    """The CLI in-process. Progress lines (plain lines: stderr is not a terminal here) are off
+    unless `progress`, so tests can assert that an error is the only line on stderr."""
+    env = None if progress else {"LABELFIX_PROGRESS": "none"}
+    return make_runner().invoke(labelfix.cli.app, [str(a) for a in args], env=env)
 
 
 def stderr_of(result) -> str:

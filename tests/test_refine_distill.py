@@ -20,7 +20,7 @@ from labelfix.core.metrics import precision_recall_f1
 
 
 def _cli(args):
-    return CliRunner().invoke(labelfix.cli.app, [str(a) for a in args])
+    return CliRunner().invoke(labelfix.cli.app, [str(a) for a in args], env={"LABELFIX_PROGRESS": "none"})
 
 
 @pytest.fixture(scope="module")

@@ -57,6 +57,7 @@ class ScanInputs:
     pred_probs: Path | None = None
     embeddings: Path | None = None
     baseline: Path | None = None  # an earlier run (or its scan.parquet): new/fixed/unchanged issues
+    skip_unreadable: bool = False  # leave out images that cannot be decoded (else exit 2 naming one)
 
 
 @dataclass
@@ -94,6 +95,27 @@ def load_labels(inputs: ScanInputs) -> LabelSet:
     return read_image_folder(inputs.images_dir, inputs.classes)
 
 
+def skip_unreadable(inputs: ScanInputs, labels: LabelSet) -> tuple[LabelSet, list[dict]]:
+    """With --skip-unreadable, the rows whose image cannot be decoded leave the scan (listed in
+    summary.json as skipped_unreadable); without it, the first one is an error naming it."""
+    if not inputs.skip_unreadable or inputs.pred_probs is not None:
+        return labels, []
+    from labelfix.files.images import unreadable_rows
+    from labelfix.files.inputs import resolve_paths
+
+    files = resolve_paths(inputs.images_dir, labels, str(inputs.labels_csv or inputs.images_dir))
+    bad = unreadable_rows(files)
+    if not bad:
+        return labels, []
+    keep = np.ones(labels.n, dtype=bool)
+    keep[list(bad)] = False
+    if not keep.any():
+        raise InputError(f"{inputs.images_dir}: no image could be decoded ({files[0]}: {bad[0]})")
+    skipped = [{"path": str(labels.paths[i]), "row": i + 2, "reason": why} for i, why in sorted(bad.items())]
+    subset = LabelSet(labels.paths[keep], labels.given[keep], labels.y[keep], labels.class_names, labels.labels_sha256)
+    return subset, skipped
+
+
 def check_inputs(inputs: ScanInputs, cfg: ScanConfig) -> None:
     cfg.validate()
     if inputs.pred_probs is None and inputs.embeddings is not None:
@@ -123,6 +145,7 @@ def scan(inputs: ScanInputs, cfg: ScanConfig, out: Path, progress: Progress | No
     seed_everything(cfg.seed)
     with timer("read inputs"):
         labels = load_labels(inputs)
+        labels, skipped = skip_unreadable(inputs, labels)
         cfg.check_rows(labels.n, teacher=inputs.pred_probs is None)
         base = read_baseline(inputs.baseline) if inputs.baseline is not None else None
     with run.commit("scan", clean=True, keep=(inputs.labels_csv, inputs.pred_probs, inputs.embeddings)) as stage:
@@ -154,6 +177,7 @@ def scan(inputs: ScanInputs, cfg: ScanConfig, out: Path, progress: Progress | No
         ev.images = None
         table = scan_table(labels, ev.probs, found, dup, hashes)
         summary = scan_summary(inputs, cfg, labels, ev, graph, found, device)
+        summary["skipped_unreadable"] = skipped
         summary["duplicates"] = dup.report() if dup is not None else {"skipped": "no decoded images (--pred-probs)"}
         diff = None
         if base is not None:

@@ -84,6 +84,22 @@ def choose_image_size(sizes: np.ndarray) -> int:
     return int(min(64, max(8, side)))
 
 
+def unreadable_rows(files: list[Path], workers: int | None = None) -> dict[int, str]:
+    """{row: reason} of the files that cannot be fully decoded (`scan --skip-unreadable`)."""
+    from PIL import Image
+
+    def check(i: int):
+        try:
+            with Image.open(files[i]) as im:
+                im.load()
+        except Exception as exc:  # UnidentifiedImageError, OSError (truncated), DecompressionBombError...
+            return i, " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
+        return i, None
+
+    with ThreadPoolExecutor(workers or min(8, os.cpu_count() or 1)) as pool:
+        return {i: why for i, why in pool.map(check, range(len(files))) if why is not None}
+
+
 def decode_images(
     files: list[Path],
     out_path: Path,

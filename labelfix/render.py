@@ -56,6 +56,8 @@ def render_demo(summary: dict, metrics: dict, out: Path) -> None:
         f"F1 {metrics['f1']:.3f}  AUROC {metrics['auroc']:.3f}"
     )
     con.print(f"outputs: {Path(out) / 'run'}")
+    if metrics.get("report"):
+        con.print(f"report: {metrics['report']} (open it in a browser)")
 
 
 def render_refine(stats: dict, as_json: bool = False) -> None:

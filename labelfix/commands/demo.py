@@ -60,4 +60,10 @@ def run_demo(out: Path, noise: float = 0.2, seed: int = 0, progress: Progress | 
     metrics["injected"] = int(truth.sum())
     metrics["noise"] = noise
     metrics["samples"] = int(len(y))
+    # refine (actions for the review queue) and the report a person opens
+    from labelfix.commands.refine import refine
+    from labelfix.report import write_report
+
+    refine(out / "run", progress=progress)
+    metrics["report"] = str(write_report(out / "run"))
     return result, metrics

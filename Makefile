@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-all bench lint clean
+.PHONY: install demo test test-all bench bench-scale lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -29,6 +29,10 @@ bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python examples/matrix.py $(MATRIX_ARGS)
 	$(BIN)/python examples/bench.py $(BENCH_ARGS)
+
+bench-scale: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	$(BIN)/python examples/bench_scale.py $(SCALE_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check labelfix tests examples

@@ -26,8 +26,9 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).parent))
 from fmnist_scan import CLASSES, DATA, stratified_subset  # noqa: E402
 
-from labelfix.commands.distill import DistillConfig, build_student, infer, student_batches, train_classifier  # noqa: E402
 from labelfix.files.inputs import decode_images  # noqa: E402
+from labelfix.models.nets import build_student  # noqa: E402
+from labelfix.models.student import DistillConfig, student_batches, student_outputs, train_classifier  # noqa: E402
 
 
 def refined_accuracy(run: Path, truth: np.ndarray) -> dict:
@@ -159,7 +160,7 @@ def main() -> None:
             tb = student_batches(test_arr, size, "cpu", batches.mean.flatten().tolist(), batches.std.flatten().tolist())
 
             def test_accuracy(epoch, m, tb=tb):
-                probs, _ = infer(m, tb, np.arange(len(test_y)))
+                probs, _ = student_outputs(m, tb, np.arange(len(test_y)))
                 return {"test_accuracy": round(float((probs.argmax(1) == test_y).mean()), 4)}
 
             logs = train_classifier(

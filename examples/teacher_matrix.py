@@ -35,6 +35,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 from labelfix.config import TeacherConfig  # noqa: E402
 from labelfix.core.noise import inject  # noqa: E402
 from labelfix.models.teacher import train_auto_teacher  # noqa: E402
+from labelfix.runtime import resolve_runtime  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -173,9 +174,9 @@ QUICK = ["digits", "fmnist-16px", "many-class-rgb"]
 # ---------------------------------------------------------------------------------------------
 
 
-def teacher_accuracy(images, given, true, c, cfg, seed, device) -> dict:
+def teacher_accuracy(images, given, true, c, cfg, seed, runtime) -> dict:
     t0 = time.perf_counter()
-    out = train_auto_teacher(images, given, c, cfg, seed, device)
+    out = train_auto_teacher(images, given, c, cfg, seed, runtime=runtime)
     pred = out.probs.argmax(1)
     folds = out.stats["folds"]
     return {
@@ -216,6 +217,7 @@ def main() -> None:
 
         labelfix.models.teacher.NORMALISE = "data"
         cfg = TeacherConfig(warmup=0.0, restart_on_stall=False)
+    runtime = resolve_runtime(args.device, cfg.precision)  # once for every row
     results = []
     for name in rows:
         images, true = build(name, args.n, args.seed)
@@ -229,9 +231,9 @@ def main() -> None:
             "chance": round(float(np.bincount(true, minlength=c).max() / len(true)), 4),
             "noise": round(float((given != true).mean()), 4),
         }
-        row["noisy"] = teacher_accuracy(images, given, true, c, cfg, args.seed, args.device)
+        row["noisy"] = teacher_accuracy(images, given, true, c, cfg, args.seed, runtime)
         if not args.no_ceiling:
-            row["ceiling"] = teacher_accuracy(images, true, true, c, cfg, args.seed, args.device)
+            row["ceiling"] = teacher_accuracy(images, true, true, c, cfg, args.seed, runtime)
             row["gap"] = round(row["ceiling"]["acc_true"] - row["noisy"]["acc_true"], 4)
         results.append(row)
         print(json.dumps(row), file=sys.stderr, flush=True)

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from labelfix.config import TeacherConfig
-from labelfix.models.teacher import crossfit_linear_head, fold_assignment, train_auto_teacher
+from labelfix.models.crossfit import crossfit_linear_head, fold_assignment
+from labelfix.models.teacher import train_auto_teacher
 
 SEED = 11
 CFG = TeacherConfig(epochs=2, width=8, folds=2)
@@ -44,6 +45,16 @@ def test_flipping_one_label_leaves_its_own_probs_unchanged(digits300, base_run):
     # the other fold's model trained on the flipped label, so its held-out rows move somewhere
     diff = np.abs(other.probs[~same_fold] - base_run.probs[~same_fold]).max()
     assert diff > 1e-6, diff
+
+
+def test_runtime_object_gives_the_same_teacher_as_a_device_string(digits300, base_run):
+    """The 0.2 signature (a device string) and a Runtime resolved once by the command agree."""
+    from labelfix.runtime import resolve_runtime
+
+    images, y = digits300
+    out = train_auto_teacher(images, y, 10, CFG, SEED, runtime=resolve_runtime("cpu", CFG.precision))
+    np.testing.assert_array_equal(out.probs, base_run.probs)
+    np.testing.assert_array_equal(out.embeddings, base_run.embeddings)
 
 
 def test_teacher_output_shapes(digits300, base_run):

@@ -157,9 +157,7 @@ def open_run_images(run: RunDir, summary: dict) -> np.ndarray:
         raise RunDirError(
             f"{run / rd.SUMMARY}: 'images' does not name the decoded images; run labelfix scan again"
         ) from None
-    path = run.path / name
-    if not path.is_file():
-        raise RunDirError(f"{path}: decoded images missing (run labelfix scan again)")
+    path = run.check_file(name, "run labelfix scan again")  # listed in the manifest, size unchanged
     if len(shape) != 4 or shape[0] != summary["counts"].get("samples") or path.stat().st_size != math.prod(shape):
         raise RunDirError(f"{path}: not the {shape} images summary.json describes; run labelfix scan again")
     return np.memmap(path, dtype=np.uint8, mode="r", shape=shape)

@@ -133,6 +133,21 @@ def test_teacher_and_student_train_in_the_one_loop(monkeypatch):
             assert ".backward(" not in path.read_text(), path.name
 
 
+@pytest.mark.parametrize("epochs", [1, 2, 4])
+def test_one_cycle_schedule_on_four_steps(epochs):
+    """4 optimiser steps in all (20 images, 2 folds, --epochs 4: one step an epoch) made torch's
+    OneCycleLR divide by zero; any step count trains."""
+    from labelfix.config import TeacherConfig
+    from labelfix.models.teacher import train_auto_teacher
+
+    rng = np.random.default_rng(0)
+    n = 40 // epochs  # 4 steps in all: n / 2 training rows a fold, batches of 16 or fewer
+    images = rng.integers(0, 255, (n, 8, 8, 1), dtype=np.uint8)
+    cfg = TeacherConfig(epochs=epochs, width=4, curve_rows=0, batch_size=max(1, n // 2 // (4 // epochs)))
+    out = train_auto_teacher(images, rng.integers(0, 2, n), 2, cfg, 0, "cpu")
+    assert np.isfinite(out.probs).all()
+
+
 # ---------------------------------------------------------------------------------------------
 # Checkpoints
 

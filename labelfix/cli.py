@@ -393,6 +393,45 @@ def demo(out: opt.DemoOut = Path("labelfix-demo"), noise: opt.DemoNoise = 0.2, s
     render_demo(result.summary, metrics, out)
 
 
+@app.command(cls=opt.OneLineCommand)
+def embed(
+    images_dir: opt.EmbedImages,
+    teacher: opt.EmbedTeacher,
+    labels: opt.LabelsCsv = None,
+    path_col: opt.PathCol = "path",
+    label_col: opt.LabelCol = "label",
+    classes: opt.Classes = None,
+    weights: opt.Weights = None,
+    arch: opt.Arch = None,
+    folds: opt.Folds = 2,
+    image_size: opt.ImageSize = 0,
+    batch_size: opt.BatchSize = 256,
+    precision: opt.Precision = "auto",
+    device: opt.Device = "auto",
+    seed: opt.Seed = 0,
+    ray: opt.RayAddress = None,
+    workers: opt.RayWorkers = 0,
+    out: opt.EmbedOut = Path("labelfix-embed"),
+    json_out: opt.EmbedJson = False,
+) -> None:
+    """Frozen-teacher embeddings and cross-fitted probabilities for scan --pred-probs (here, or on Ray)."""
+    from labelfix.commands.embed import EmbedConfig, EmbedInputs, summary_line
+    from labelfix.commands.embed import embed as run_embed
+    from labelfix.files.inputs import read_class_list
+    from labelfix.files.outputs import to_json
+
+    given = {"IMAGES_DIR": images_dir, "--labels": labels}
+    with _one_line({"--out": out}, given):
+        for flag, value in given.items():
+            check_path_flag(value, flag)
+        cfg = EmbedConfig(teacher, weights, arch, folds, image_size, batch_size, precision, device, seed, ray, workers)
+        cfg.validate()
+        _prepare_out(out)
+        inputs = EmbedInputs(images_dir, labels, path_col, label_col, read_class_list(classes))
+        result = run_embed(inputs, cfg, out, _progress(not json_out))
+    typer.echo(to_json(result.meta) if json_out else summary_line(result, images_dir, labels))
+
+
 def main() -> None:  # pragma: no cover
     app()
 

@@ -206,3 +206,21 @@ NoCleanlab = Annotated[bool, typer.Option("--no-cleanlab", help="Skip the cleanl
 BenchJson = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
 DemoOut = Annotated[Path, typer.Option("--out", help="Folder for the demo data and run.")]
 DemoNoise = Annotated[float, typer.Option(help="Share of labels flipped at random.")]
+
+# --------------------------------------------------------------------------- embed
+
+EmbedImages = Annotated[Path, typer.Argument(help="Folder of images (a --labels CSV's paths are relative to it).")]
+EmbedTeacher = Annotated[
+    str,
+    typer.Option(help="Frozen teacher: checkpoint path (TorchScript, or state dict with --arch) | torchvision name."),
+]
+EmbedOut = Annotated[Path, typer.Option("--out", help="Folder for embeddings.npy, probs.npy and embed.json.")]
+RayAddress = Annotated[
+    Optional[str],
+    typer.Option(
+        "--ray",
+        help="Run the feature extraction as a Ray Data pipeline: auto (RAY_ADDRESS) | local | ray://HOST:10001 | HOST:PORT.",
+    ),
+]
+RayWorkers = Annotated[int, typer.Option(help="Ray workers (0 = one per cluster CPU, or per GPU on CUDA).")]
+EmbedJson = Annotated[bool, typer.Option("--json", help="Print embed.json on stdout.")]

@@ -1,4 +1,5 @@
-"""The approximate kNN path (IVF with a recall-tuned probe count, CPU and GPU) against the exact flat index."""
+"""The approximate kNN paths (CPU: cluster-blocked search; GPU: faiss IVF; both with a recall-tuned probe count)
+against exact search."""
 
 from __future__ import annotations
 
@@ -21,11 +22,11 @@ def _recall(approx, exact) -> float:
     return float(np.sum(hits)) / exact.ids.size
 
 
-def test_ivf_path_matches_exact_search():
+def test_blocked_path_matches_exact_search():
     x = _clustered()
     exact = build_knn(x, 10)
     approx = build_knn(x, 10, exact_limit=1_000)  # force the large-N branch on CPU
-    assert exact.index_kind == "flat" and approx.index_kind.startswith("ivf")
+    assert exact.index_kind == "flat" and approx.index_kind.startswith("blocked")
     assert exact.recall is None and approx.recall >= 0.97  # measured on a sample, and recorded
     assert approx.ids.shape == exact.ids.shape == (len(x), 10)
     assert not (approx.ids == np.arange(len(x))[:, None]).any()

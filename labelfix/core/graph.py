@@ -1,12 +1,23 @@
-"""kNN graph on L2-normalised embeddings with FAISS (inner product = cosine similarity).
+"""kNN graph on L2-normalised embeddings (inner product = cosine similarity).
 
-Exact (flat) search up to `exact_limit` rows. Above it an inverted-file index (IVF, the same
-on CPU and GPU) whose probe count is chosen by measured recall: a sample of RECALL_SAMPLE rows
-is searched exactly, and nprobe doubles until recall@k on that sample reaches TARGET_RECALL
-(the recall reached is returned and goes into summary.json). HNSW was the CPU index before:
-on 1,000,000 x 128 it took 710 s to build and search on 2 cores. A GPU index is used whenever a
-CUDA device and faiss-gpu are both present. Memory is O(N k) for the result plus the index
-itself (O(N d) for IVF-flat); queries run in chunks.
+On CPU every similarity is a dense BLAS product (torch, its thread count) and the k best of each
+row are picked by a grouped selection (the row maxima of column groups first, then only the best
+groups' columns), the two steps that faiss's flat search does with a slow per-query heap.
+
+- Up to `exact_limit` rows: exact search, each block of queries against all rows.
+- Above it a cluster-blocked search: spherical k-means puts the rows into about sqrt(N) lists, and
+  the rows of a list are searched exactly among the members of the `nprobe` lists whose centroids
+  are nearest its own (its own first): one matrix product per list, whose rows share that pool.
+  Within the pool the search is exact, so the recall of a probe count is known before searching:
+  on a sample of RECALL_SAMPLE query rows searched exactly it is the share of true neighbours
+  whose list is among the query list's nprobe nearest. nprobe is the smallest reaching
+  TARGET_RECALL; after the search the recall is measured on the same sample and returned (it goes
+  into summary.json). Where that nprobe would cover more than EXACT_SHARE of all pairs (data with
+  no cluster structure at the scale of the lists), exact search is cheaper and is used instead.
+- GPU (device="cuda" with faiss-gpu and a CUDA device): faiss flat search up to `exact_limit`,
+  above it IVF-flat with nprobe doubled until the sample recall reaches TARGET_RECALL.
+
+Memory: O(N (k + d)) for the rows, the lists and the result, plus one block of BLOCK similarities.
 """
 
 from __future__ import annotations
@@ -17,10 +28,15 @@ import numpy as np
 
 from labelfix.progress import NullProgress, Progress
 
-EXACT_LIMIT = 50_000  # flat search up to here (50k x 50k x 256 multiply-adds: ~10 s on 2 cores)
-TARGET_RECALL = 0.97  # of the IVF probe count on the sample (issue 13 asks >= 0.95)
+EXACT_LIMIT = 50_000  # exact search up to here (N^2 pairs: 50k x 50k x 256 in ~15 s on 2 cores)
+TARGET_RECALL = 0.97  # of the probe count on the sample (issue 13 asks >= 0.95)
 RECALL_SAMPLE = 1_000
-TRAIN_PER_LIST = 40  # k-means training rows per inverted list (faiss warns below 39)
+TRAIN_PER_LIST = 40  # k-means training rows per list
+KMEANS_ITERS = 10
+BLOCK = 1 << 24  # similarities computed at once (64 MB of float32)
+QUERY_ROWS = 1024  # queries per matrix product
+GROUP = 32  # columns per group in the grouped top-k selection
+EXACT_SHARE = 0.6  # blocked search covering more of the N^2 pairs than this: search exactly
 
 
 @dataclass(frozen=True)
@@ -41,6 +57,186 @@ def faiss_gpu_available() -> bool:
         return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
     except Exception:
         return False
+
+
+# ---------------------------------------------------------------------------------------------
+# CPU: dense products and grouped selection (torch)
+
+
+def _select(sims, k: int):
+    """The k largest entries of each row of `sims` (B, C), sorted: (values, columns). Columns are
+    grouped in GROUP strided sets; the top-k entries lie in the k groups with the largest maxima,
+    so only those k * GROUP columns go through the full selection (exact up to ties)."""
+    import torch
+
+    b, c = sims.shape
+    w = c // GROUP
+    if w < 8 * k:
+        return torch.topk(sims, k, dim=1)
+    grouped = sims.as_strided((b, GROUP, w), (sims.stride(0), w, 1))  # group j: columns j + t w
+    _, best = torch.topk(grouped.amax(dim=1), k, dim=1, sorted=False)
+    cols = (best.unsqueeze(1) + w * torch.arange(GROUP).view(1, GROUP, 1)).reshape(b, k * GROUP)
+    if w * GROUP < c:
+        cols = torch.cat([cols, torch.arange(w * GROUP, c).expand(b, -1)], dim=1)
+    vals, j = torch.topk(torch.gather(sims, 1, cols), k, dim=1)
+    return vals, torch.gather(cols, 1, j)
+
+
+def _topk_against(xq, xc, k: int, self_col):
+    """The k largest of xq @ xc.T in each row, sorted, never column self_col[i] in row i:
+    (values, columns). Columns go in chunks so that at most ~BLOCK similarities exist at once."""
+    import torch
+
+    b, c = len(xq), len(xc)
+    step = max(8 * GROUP * k, BLOCK // max(b, 1))
+    rows = torch.arange(b)
+    vals = cols = None
+    for c0 in range(0, c, step):
+        sims = xq @ xc[c0 : c0 + step].T
+        own = (self_col >= c0) & (self_col < c0 + sims.shape[1])
+        sims[rows[own], self_col[own] - c0] = -float("inf")
+        v, i = _select(sims, min(k, sims.shape[1]))
+        i += c0
+        if vals is None:
+            vals, cols = v, i
+        else:
+            vals, j = torch.topk(torch.cat([vals, v], dim=1), min(k, vals.shape[1] + v.shape[1]), dim=1)
+            cols = torch.gather(torch.cat([cols, i], dim=1), 1, j)
+    return vals, cols
+
+
+def _exact(x, query, k: int, task):
+    """Exact k neighbours of the rows `query` (a tensor of row numbers) among all rows of x."""
+    ids = np.empty((len(query), k), dtype=np.int64)
+    sims = np.empty((len(query), k), dtype=np.float32)
+    for s in range(0, len(query), QUERY_ROWS):
+        q = query[s : s + QUERY_ROWS]
+        v, i = _topk_against(x[q], x, k, q)
+        ids[s : s + len(q)] = i.numpy()
+        sims[s : s + len(q)] = v.numpy()
+        task.advance(len(q))
+    return ids, sims
+
+
+def _assign(x, cen):
+    """The nearest centroid (largest inner product) of every row of x."""
+    import torch
+
+    step = max(1, BLOCK // len(cen))
+    return torch.cat([(x[s : s + step] @ cen.T).argmax(dim=1) for s in range(0, len(x), step)])
+
+
+def _kmeans(x, nlist: int, gen):
+    """Unit-norm centroids of spherical k-means on TRAIN_PER_LIST * nlist sampled rows."""
+    import torch
+
+    train = x[torch.randperm(len(x), generator=gen)[: TRAIN_PER_LIST * nlist]]
+    cen = train[torch.randperm(len(train), generator=gen)[:nlist]]
+    for _ in range(KMEANS_ITERS):
+        lab = _assign(train, cen)
+        cen = torch.zeros_like(cen).index_add_(0, lab, train)
+        empty = torch.bincount(lab, minlength=nlist) == 0
+        cen[empty] = train[torch.randint(len(train), (int(empty.sum()),), generator=gen)]
+        cen = cen / cen.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    return cen
+
+
+@dataclass
+class _Plan:
+    lab: object  # (N,) list of every row
+    probes: object  # (nlist, nprobe) lists searched for each list's rows, its own first
+    at: object  # sorted positions in `query` of the sample that measures the recall
+    truth: object  # the exact neighbours of that sample
+
+    @property
+    def kind(self) -> str:
+        return f"blocked{len(self.probes)},nprobe{self.probes.shape[1]}"
+
+
+def _plan(x, k: int, query, seed: int = 0) -> _Plan | None:
+    """k-means lists and the smallest probe count whose recall on a sample reaches TARGET_RECALL;
+    None where searching those lists would cost more than EXACT_SHARE of exact search."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    n = len(x)
+    nlist = int(max(16, min(4096, 2 ** round(np.log2(np.sqrt(n))))))
+    cen = _kmeans(x, nlist, gen)
+    lab = _assign(x, cen)
+    at = torch.randperm(len(query), generator=gen)[:RECALL_SAMPLE].sort().values
+    sample = query[at]
+    _, truth = _topk_against(x[sample], x, k, sample)
+    near = cen @ cen.T
+    near.fill_diagonal_(2.0)  # a list's own rows come first in its pool
+    own = near[lab[sample]]
+    # rank of a true neighbour's list among the query list's lists: how many are nearer
+    rank = torch.searchsorted(torch.sort(-own, dim=1).values, -torch.gather(own, 1, lab[truth]))
+    ranks = rank.flatten().sort().values
+    nprobe = int(ranks[max(0, int(np.ceil(TARGET_RECALL * len(ranks))) - 1)]) + 1 if len(ranks) else 1
+    probes = torch.topk(near, nprobe, dim=1).indices
+    sizes = torch.bincount(lab, minlength=nlist)
+    queried = torch.bincount(lab[query], minlength=nlist)
+    if float((queried * sizes[probes].sum(dim=1)).sum()) > EXACT_SHARE * len(query) * n:
+        return None
+    return _Plan(lab, probes, at, truth)
+
+
+def _pool(plan: _Plan, order, starts, sizes, lst: int, k: int):
+    """Rows searched for the queries of list `lst`: the members of its probed lists, its own
+    first; widened to more lists in the rare case that it holds fewer than k + 1 rows."""
+    import torch
+
+    probes = plan.probes[lst]
+    if int(sizes[probes].sum()) <= k:
+        near = torch.bincount(plan.probes.flatten(), minlength=len(sizes))  # any order will do
+        rest = torch.argsort(-near)
+        rest = rest[(rest != lst)]
+        need = int(torch.searchsorted(torch.cumsum(sizes[rest], 0), k + 1 - int(sizes[lst]))) + 1
+        probes = torch.cat([probes[:1], rest[:need]])
+    return torch.cat([order[starts[m] : starts[m] + sizes[m]] for m in probes.tolist()])
+
+
+def _blocked(x, query, k: int, plan: _Plan, task):
+    """The k neighbours of the rows `query`, each searched exactly within its list's pool."""
+    import torch
+
+    n = len(x)
+    order = torch.argsort(plan.lab, stable=True)  # rows grouped by list
+    sizes = torch.bincount(plan.lab, minlength=len(plan.probes))
+    starts = torch.cumsum(sizes, 0) - sizes
+    out_row = torch.full((n,), -1, dtype=torch.int64)
+    out_row[query] = torch.arange(len(query))
+    ids = np.empty((len(query), k), dtype=np.int64)
+    sims = np.empty((len(query), k), dtype=np.float32)
+    for lst in range(len(sizes)):
+        members = order[starts[lst] : starts[lst] + sizes[lst]]
+        local = torch.nonzero(out_row[members] >= 0).flatten()  # queried members, as pool columns
+        if not len(local):
+            continue
+        pool = _pool(plan, order, starts, sizes, lst, k)
+        xp = x[pool]
+        for s in range(0, len(local), QUERY_ROWS):
+            q = local[s : s + QUERY_ROWS]
+            v, i = _topk_against(xp[q], xp, k, q)
+            rows = out_row[members[q]].numpy()
+            ids[rows] = pool[i].numpy()
+            sims[rows] = v.numpy()
+        task.advance(len(local))
+    return ids, sims
+
+
+def _as_tensor(emb: np.ndarray):
+    """emb as a float32 CPU tensor, sharing its memory where it is a writable C array."""
+    import torch
+
+    a = np.asarray(emb, dtype=np.float32)
+    if not (a.flags.writeable and a.flags.c_contiguous):
+        a = np.array(a, dtype=np.float32, order="C")
+    return torch.from_numpy(a)
+
+
+# ---------------------------------------------------------------------------------------------
+# GPU: faiss
 
 
 def _search(index, emb: np.ndarray, query: np.ndarray, k: int, chunk: int, task=None):
@@ -68,38 +264,60 @@ def _search(index, emb: np.ndarray, query: np.ndarray, k: int, chunk: int, task=
     return ids, sims
 
 
-def _ivf(emb: np.ndarray, k: int, use_gpu: bool, chunk: int, seed: int = 0):
-    """An IVF-flat index over emb with nprobe tuned to TARGET_RECALL; (index, kind, recall)."""
+def _gpu_ivf(emb: np.ndarray, k: int, chunk: int, seed: int = 0):
+    """A GPU IVF-flat index over emb with nprobe doubled up to TARGET_RECALL; (index, kind, recall)."""
     import faiss
+    import torch
 
     n, d = emb.shape
     nlist = int(max(16, min(65_536, 2 ** round(np.log2(np.sqrt(n))))))
     rng = np.random.default_rng(seed)
     train = emb[np.sort(rng.choice(n, size=min(n, TRAIN_PER_LIST * nlist), replace=False))]
-    quant = faiss.IndexFlatIP(d)
-    index = faiss.IndexIVFFlat(quant, d, nlist, faiss.METRIC_INNER_PRODUCT)
-    if use_gpu:
-        index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
+    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
+    index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
     index.train(np.ascontiguousarray(train))
     for s in range(0, n, chunk):
         index.add(np.ascontiguousarray(emb[s : s + chunk]))
     sample = np.sort(rng.choice(n, size=min(n, RECALL_SAMPLE), replace=False))
-    flat = faiss.IndexFlatIP(d)
-    for s in range(0, n, chunk):
-        flat.add(np.ascontiguousarray(emb[s : s + chunk]))
-    exact, _ = _search(flat, emb, sample, k, chunk)
-    del flat
-    nprobe, recall = 1, 0.0
+    q = torch.from_numpy(sample)
+    exact = _topk_against(_as_tensor(emb[sample]), _as_tensor(emb), k, q)[1].numpy()
+    nprobe = 1
     while True:
         index.nprobe = nprobe
         approx, _ = _search(index, emb, sample, k, chunk)
-        hits = sum(len(set(a) & set(e)) for a, e in zip(approx.tolist(), exact.tolist()))
-        recall = hits / exact.size
-        if recall >= TARGET_RECALL or nprobe >= nlist or (use_gpu and nprobe >= 2048):
+        recall = sum(len(set(a) & set(e)) for a, e in zip(approx.tolist(), exact.tolist())) / exact.size
+        if recall >= TARGET_RECALL or nprobe >= min(nlist, 2048):
             break
         nprobe *= 2
-    kind = f"{'gpu-' if use_gpu else ''}ivf{nlist},nprobe{nprobe}"
-    return index, kind, round(float(recall), 4)
+    return index, f"gpu-ivf{nlist},nprobe{nprobe}", round(float(recall), 4)
+
+
+def _build_gpu(emb: np.ndarray, k: int, query: np.ndarray, exact_limit: int, chunk: int, progress):
+    import faiss
+
+    recall = None
+    if len(emb) <= exact_limit:
+        index, kind = (
+            faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, faiss.IndexFlatIP(emb.shape[1])),
+            "gpu-flat",
+        )
+        for s in range(0, len(emb), chunk):
+            index.add(np.ascontiguousarray(emb[s : s + chunk]))
+    else:
+        with progress.task("kNN index (IVF, nprobe tuned on a sample)", total=None):
+            index, kind, recall = _gpu_ivf(emb, k, chunk)
+    with progress.task(f"kNN graph ({kind})", total=len(query)) as task:
+        ids, sims = _search(index, emb, query, k, chunk, task)
+    return KnnGraph(ids, sims, kind, recall)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def _measured_recall(ids: np.ndarray, plan: _Plan) -> float:
+    """recall@k of the graph's rows for the plan's sample against their exact neighbours."""
+    hits = sum(len(set(a) & set(e)) for a, e in zip(ids[plan.at.numpy()].tolist(), plan.truth.tolist()))
+    return round(hits / max(1, plan.truth.numel()), 4)
 
 
 def build_knn(
@@ -113,26 +331,34 @@ def build_knn(
 ) -> KnnGraph:
     """k nearest neighbours of every row of `emb` (N, D), excluding the row itself; with `rows`,
     of those rows only (the result then has len(rows) rows, neighbours still among all N)."""
-    import faiss
-
     progress = progress or NullProgress()
     emb = np.asarray(emb, dtype=np.float32)
-    n, d = emb.shape
-    k = min(k, n - 1)
-    use_gpu = device == "cuda" and faiss_gpu_available()
-    recall = None
-    if n <= exact_limit:
-        index, kind = faiss.IndexFlatIP(d), "flat"
-        if use_gpu:
-            index, kind = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index), "gpu-flat"
-        for s in range(0, n, chunk):
-            index.add(np.ascontiguousarray(emb[s : s + chunk]))
-    else:
-        with progress.task("kNN index (IVF, nprobe tuned on a sample)", total=None):
-            index, kind, recall = _ivf(emb, k, use_gpu, chunk)
+    n = len(emb)
+    k = max(0, min(k, n - 1))
     query = np.arange(n) if rows is None else np.asarray(rows, dtype=np.int64)
+    if device == "cuda" and faiss_gpu_available():
+        return _build_gpu(emb, k, query, exact_limit, chunk, progress)
+    if rows is None:
+        return _build_cpu(emb, k, query, exact_limit, progress)
+    uniq, back = np.unique(query, return_inverse=True)  # each row searched once; the result follows `rows`
+    g = _build_cpu(emb, k, uniq, exact_limit, progress)
+    return KnnGraph(g.ids[back], g.sims[back], g.index_kind, g.recall)
+
+
+def _build_cpu(emb: np.ndarray, k: int, query: np.ndarray, exact_limit: int, progress) -> KnnGraph:
+    import torch
+
+    x, q = _as_tensor(emb), torch.from_numpy(np.ascontiguousarray(query))
+    if k == 0:
+        return KnnGraph(np.zeros((len(q), 0), np.int64), np.zeros((len(q), 0), np.float32), "flat")
+    plan = None
+    if len(x) > exact_limit:
+        with progress.task("kNN lists (k-means, probe count tuned on a sample)", total=None):
+            plan = _plan(x, k, q)
+    kind = "flat" if plan is None else plan.kind
     with progress.task(f"kNN graph ({kind})", total=len(query)) as task:
-        ids, sims = _search(index, emb, query, k, chunk, task)
+        ids, sims = _exact(x, q, k, task) if plan is None else _blocked(x, q, k, plan, task)
+    recall = None if plan is None else _measured_recall(ids, plan)
     return KnnGraph(ids, sims, kind, recall)
 
 

@@ -201,19 +201,19 @@ def test_train_classifier_on_epoch_and_no_augmentation(monkeypatch):
     identical); on_epoch logs merge in."""
     import torch
 
-    import labelfix.models.teacher as teacher
+    import labelfix.models.train as train
     from labelfix.commands.distill import build_student, student_batches, train_classifier
 
     rng = np.random.default_rng(0)
     images = rng.integers(0, 255, (64, 8, 8, 1), dtype=np.uint8)
     y = np.eye(4, dtype=np.float32)[rng.integers(0, 4, 64)]
-    shift, pads = teacher._random_shift, []
+    shift, pads = train.random_shift, []
 
     def run(augment, shift_seed):
         # record the pad train_classifier asks for; the shift itself draws from `shift_seed`
         monkeypatch.setattr(
-            teacher,
-            "_random_shift",
+            train,
+            "random_shift",
             lambda x, gen, pad: pads.append(pad) or shift(x, torch.Generator().manual_seed(shift_seed), pad),
         )
         torch.manual_seed(0)

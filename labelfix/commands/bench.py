@@ -55,12 +55,12 @@ def cleanlab_variants(y: np.ndarray, probs: np.ndarray, emb: np.ndarray | None, 
     out = {}
     quality = get_label_quality_scores(y, probs)
     t = time.perf_counter()
-    flags = find_label_issues(y, probs)
+    flags = find_label_issues(y, probs, n_jobs=1)  # its fork pool deadlocked beside torch threads
     out["cleanlab prune_by_noise_rate"] = dict(
         flag_scores(flags, 1 - quality, truth), seconds=round(time.perf_counter() - t, 2)
     )
     t = time.perf_counter()
-    flags = find_label_issues(y, probs, filter_by="predicted_neq_given")
+    flags = find_label_issues(y, probs, filter_by="predicted_neq_given", n_jobs=1)
     out["cleanlab predicted_neq_given"] = dict(
         flag_scores(flags, 1 - quality, truth), seconds=round(time.perf_counter() - t, 2)
     )

@@ -208,6 +208,7 @@ def distill(
             break
         if r < cfg.rounds:
             atomic_write_json(state_path, {"key": key, "refined_sha256": _refined_sha(run_dir), "rounds": done})
+            RunDir(run_dir).record([ROUNDS_STATE], "distill")
     state_path.unlink(missing_ok=True)
     report["rounds"] = done
     with RunDir(run_dir).commit("distill") as stage:
@@ -301,7 +302,7 @@ def _train_student(run_dir, images, soft, weight, teacher, cfg, runtime, progres
         run_dir / CHECKPOINT,
         progress,
         label,
-        write=atomic_write_bytes,
+        write=RunDir(run_dir).write_recorded("distill"),
     )
     held_idx = np.flatnonzero(held)
     val_acc = None

@@ -228,6 +228,25 @@ class RunDir:
 
     # ------------------------------------------------------------------ writing
 
+    def record(self, names: list[str], command: str) -> None:
+        """List files a command wrote in place, outside a commit (distill's resume checkpoint
+        and rounds state), in the manifest, so a later scan removes them with the run."""
+        manifest = self.manifest()
+        for name in names:
+            if (self.path / name).is_file():
+                manifest[name] = _entry(self.path / name, command)
+        atomic_write_json(self.path / MANIFEST, {"labelfix_version": __version__, "files": manifest})
+
+    def write_recorded(self, command: str):
+        """A `write(path, data)` for files written in place that records each in the manifest."""
+        from labelfix.files.outputs import atomic_write_bytes
+
+        def write(path: Path, data: bytes) -> None:
+            atomic_write_bytes(path, data)
+            self.record([Path(path).resolve().relative_to(self.path.resolve()).as_posix()], command)
+
+        return write
+
     @contextmanager
     def commit(self, command: str, *, clean: bool = False, keep: tuple[Path | None, ...] = ()) -> Iterator[Path]:
         """Stage the files of one command; on success move them in together (manifest last).

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import sys
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Optional
 
 import typer
 
+from labelfix import cli_support as cs
 from labelfix import options as opt
 from labelfix.config import check_finite, check_seed
-from labelfix.errors import GateFailed, InputError, LabelfixError, from_os_error
+from labelfix.errors import InputError
 from labelfix.files.paths import check_path_flag
 
 
@@ -41,54 +40,6 @@ def _main(version: opt.Version = False) -> None:
         raise SystemExit(128 + signum)
 
     signal.signal(signal.SIGTERM, _terminate)
-
-
-def _progress(enabled: bool = True):
-    """Bars on a terminal, plain lines when stderr is a file or a CI log (labelfix.terminal);
-    LABELFIX_PROGRESS=none silences them."""
-    import os
-
-    from labelfix.terminal import make_progress
-
-    return make_progress(enabled and os.environ.get("LABELFIX_PROGRESS", "") != "none")
-
-
-def _fail(exc: LabelfixError) -> None:
-    msg = " ".join(str(exc).split())
-    typer.echo(f"labelfix: error: {msg}", err=True)
-    raise typer.Exit(exc.exit_code)
-
-
-def _warn(warnings: list[str]) -> None:
-    for w in warnings:
-        typer.echo(f"labelfix: warning: {w}", err=True)
-
-
-@contextmanager
-def _one_line(outputs: dict[str, Optional[Path]], inputs: Optional[dict[str, Optional[Path]]] = None) -> Iterator[None]:
-    """Turn labelfix errors and the system's (full disk, read-only folder, a path it refuses)
-    into one line on stderr and the documented exit code; `outputs` and `inputs` map flags to
-    paths so the line names the flag whose file failed."""
-    try:
-        yield
-    except LabelfixError as exc:
-        _fail(exc)
-    except OSError as exc:
-        _fail(from_os_error(exc, outputs, inputs))
-
-
-def _prepare_out(out: Path, flag: str = "--out") -> None:
-    """Refuse an unwritable output folder before any work; clear what killed runs left there.
-    RUN_DIR (refine, distill) is checked only when it is a folder: the command says what is
-    wrong with a missing one (exit 4)."""
-    from labelfix.files.outputs import check_output_dir, remove_stale_staging
-
-    if flag == "RUN_DIR" and not out.is_dir():
-        check_path_flag(out, flag)
-        return
-    check_output_dir(out, flag)
-    if out.is_dir():
-        remove_stale_staging(out)
 
 
 @app.command(cls=opt.OneLineCommand)
@@ -133,11 +84,11 @@ def scan(
 
     given = {"IMAGES_DIR": images_dir, "--labels": labels, "--pred-probs": pred_probs, "--embeddings": embeddings}
     given["--baseline"] = baseline
-    with _one_line({"--out": out, "--summary-md": summary_md}, given):
-        _check_gates(fail_above, fail_on_new, baseline)
+    with cs.one_line({"--out": out, "--summary-md": summary_md}, given):
+        cs.check_gates(fail_above, fail_on_new, baseline)
         for flag, value in {**given, "--summary-md": summary_md}.items():
             check_path_flag(value, flag)
-        _prepare_out(out)
+        cs.prepare_out(out)
         tcfg = TeacherConfig(
             teacher=teacher,
             weights=weights,
@@ -156,59 +107,14 @@ def scan(
         inputs = ScanInputs(
             images_dir, labels, path_col, label_col, classes_list, pred_probs, embeddings, baseline, skip_unreadable
         )
-        result = run_scan(inputs, cfg, out, _progress(not json_out))
-        _after_scan(result, out, report, summary_md)
+        result = run_scan(inputs, cfg, out, cs.progress(not json_out))
+        cs.after_scan(result, out, report, summary_md)
     render_scan(result.summary, json_out)
     if json_out:
-        _warn(result.summary.get("warnings", []))
+        cs.warn(result.summary.get("warnings", []))
     else:
-        _next_steps(out, report)
-    _gates(result, fail_above, fail_on_new, strict)
-
-
-def _check_gates(fail_above, fail_on_new, baseline) -> None:
-    check_finite({"--fail-above": fail_above})
-    if fail_above is not None and not 0.0 <= fail_above <= 1.0:
-        raise InputError(f"--fail-above must be in [0, 1] (got {fail_above})")
-    if fail_on_new is not None and fail_on_new < 0:
-        raise InputError(f"--fail-on-new must be >= 0 (got {fail_on_new})")
-    if fail_on_new is not None and baseline is None:
-        raise InputError("--fail-on-new needs --baseline (the run to compare with)")
-
-
-def _after_scan(result, out: Path, report: bool, summary_md: Optional[Path]) -> None:
-    """The files written after the run's commit: the report and the Markdown summary."""
-    if report:
-        from labelfix.report import write_report
-
-        write_report(out)
-    if summary_md is not None:
-        from labelfix.files.baseline import summary_markdown
-        from labelfix.files.outputs import atomic_write_bytes
-
-        atomic_write_bytes(summary_md, summary_markdown(result.summary, result.baseline).encode())
-
-
-def _next_steps(out: Path, report: bool) -> None:
-    opened = f"open {out / 'report.html'}" if report else f"labelfix report {out}"
-    typer.echo(f"labelfix: outputs in {out}/ (scan.parquet, summary.json); next: {opened}, or labelfix refine {out}")
-
-
-def _gates(result, fail_above, fail_on_new, strict) -> None:
-    """The CI gates, after the outputs are written: --fail-above, --fail-on-new, --strict."""
-    from labelfix.errors import NewIssues, StrictWarnings
-
-    rate = result.summary["estimated_noise_rate"]
-    if fail_above is not None and rate > fail_above:
-        _fail(GateFailed(f"estimated share of wrong labels {rate:.4f} exceeds --fail-above {fail_above}"))
-    if fail_on_new is not None and result.baseline is not None and len(result.baseline.new) > fail_on_new:
-        new = len(result.baseline.new)
-        _fail(
-            NewIssues(f"{new} new issues against --baseline {result.baseline.baseline} (--fail-on-new {fail_on_new})")
-        )
-    if strict and result.summary.get("warnings"):
-        n = len(result.summary["warnings"])
-        _fail(StrictWarnings(f"--strict: the run has {n} warning(s): {result.summary['warnings'][0]}"))
+        cs.next_steps(out, report)
+    cs.gates(result, fail_above, fail_on_new, strict)
 
 
 @app.command(cls=opt.OneLineCommand)
@@ -216,7 +122,7 @@ def report(run_dir: opt.ReportRunDir, out: opt.ReportOut = None) -> None:
     """Write one self-contained HTML report of a run (summary, noise matrix, galleries, review queue)."""
     from labelfix.report import write_report
 
-    with _one_line({"--out": out}, {"RUN_DIR": run_dir}):
+    with cs.one_line({"--out": out}, {"RUN_DIR": run_dir}):
         check_path_flag(run_dir, "RUN_DIR")
         check_path_flag(out, "--out")
         path = write_report(run_dir, out)
@@ -255,10 +161,10 @@ def refine(
     from labelfix.commands.refine import refine as run_refine
     from labelfix.render import render_refine
 
-    with _one_line({"RUN_DIR": run_dir}):
+    with cs.one_line({"RUN_DIR": run_dir}):
         floats = {"--temperature": temperature, "--max-ambiguity": max_ambiguity, "--min-confidence": min_confidence}
         check_finite(floats)
-        _prepare_out(run_dir, "RUN_DIR")
+        cs.prepare_out(run_dir, "RUN_DIR")
         cfg = RefineConfig(
             rounds=rounds,
             temperature=temperature,
@@ -266,9 +172,9 @@ def refine(
             relabel_min_confidence=min_confidence,
             drop_review=drop_review,
         )
-        stats = run_refine(run_dir, cfg, _progress(not json_out), mutual=not no_mutual)
+        stats = run_refine(run_dir, cfg, cs.progress(not json_out), mutual=not no_mutual)
     render_refine(stats, json_out)
-    _warn(stats.get("warnings", []))
+    cs.warn(stats.get("warnings", []))
 
 
 @app.command(cls=opt.OneLineCommand)
@@ -291,10 +197,10 @@ def distill(
     from labelfix.commands.distill import distill as run_distill
     from labelfix.render import render_distill
 
-    with _one_line({"RUN_DIR": run_dir}):
+    with cs.one_line({"RUN_DIR": run_dir}):
         check_finite({"--lr": lr, "--kd-weight": kd_weight})
         check_seed(seed)
-        _prepare_out(run_dir, "RUN_DIR")
+        cs.prepare_out(run_dir, "RUN_DIR")
         cfg = DistillConfig(
             student=student,
             epochs=epochs,
@@ -307,9 +213,9 @@ def distill(
             precision=precision,
             seed=seed,
         )
-        report = run_distill(run_dir, cfg, _progress(not json_out))
+        report = run_distill(run_dir, cfg, cs.progress(not json_out))
     render_distill(report, run_dir, json_out)
-    _warn(report.get("warnings", []))
+    cs.warn(report.get("warnings", []))
 
 
 @app.command(cls=opt.OneLineCommand)
@@ -329,12 +235,12 @@ def predict(
     from labelfix.render import render_predict
 
     given = {"IMAGES_DIR": images_dir, "--model": model, "--labels": labels}
-    with _one_line({"--out": out}, given):
+    with cs.one_line({"--out": out}, given):
         for flag, value in given.items():
             check_path_flag(value, flag)
-        _prepare_out(out)  # before inference: a file at --out used to fail only after it
+        cs.prepare_out(out)  # before inference: a file at --out used to fail only after it
         with leave_no_trace(out):
-            report = run_predict(images_dir, model, out, labels, path_col, label_col, device, _progress(not json_out))
+            report = run_predict(images_dir, model, out, labels, path_col, label_col, device, cs.progress(not json_out))
     render_predict(report, json_out)
 
 
@@ -361,7 +267,7 @@ def bench(
 
     given = {"--npz": npz, "--pred-probs": pred_probs, "--noisy-labels": noisy_labels}
     given.update({"--true-labels": true_labels, "--embeddings": embeddings})
-    with _one_line({"--out": out}, given):
+    with cs.one_line({"--out": out}, given):
         if noise not in ("symmetric", "asymmetric", "instance"):
             raise InputError(f"--noise must be symmetric, asymmetric or instance (got {noise!r})")
         check_finite({"--rate": rate})
@@ -370,9 +276,9 @@ def bench(
         check_seed(seed)
         for flag, value in given.items():
             check_path_flag(value, flag)
-        _prepare_out(out)
+        cs.prepare_out(out)
         row = bench_from_flags(
-            given, read_class_list(class_names), n, noise, rate, out, seed, not no_cleanlab, _progress(not json_out)
+            given, read_class_list(class_names), n, noise, rate, out, seed, not no_cleanlab, cs.progress(not json_out)
         )
     render_bench(row, json_out)
 
@@ -383,13 +289,13 @@ def demo(out: opt.DemoOut = Path("labelfix-demo"), noise: opt.DemoNoise = 0.2, s
     from labelfix.commands.demo import run_demo
     from labelfix.render import render_demo
 
-    with _one_line({"--out": out}):
+    with cs.one_line({"--out": out}):
         check_finite({"--noise": noise})
         if not 0.0 <= noise < 1.0:
             raise InputError(f"--noise must be in [0, 1) (got {noise})")
         check_seed(seed)
-        _prepare_out(out)
-        result, metrics = run_demo(out, noise, seed, _progress())
+        cs.prepare_out(out)
+        result, metrics = run_demo(out, noise, seed, cs.progress())
     render_demo(result.summary, metrics, out)
 
 
@@ -421,14 +327,14 @@ def embed(
     from labelfix.files.outputs import to_json
 
     given = {"IMAGES_DIR": images_dir, "--labels": labels}
-    with _one_line({"--out": out}, given):
+    with cs.one_line({"--out": out}, given):
         for flag, value in given.items():
             check_path_flag(value, flag)
         cfg = EmbedConfig(teacher, weights, arch, folds, image_size, batch_size, precision, device, seed, ray, workers)
         cfg.validate()
-        _prepare_out(out)
+        cs.prepare_out(out)
         inputs = EmbedInputs(images_dir, labels, path_col, label_col, read_class_list(classes))
-        result = run_embed(inputs, cfg, out, _progress(not json_out))
+        result = run_embed(inputs, cfg, out, cs.progress(not json_out))
     typer.echo(to_json(result.meta) if json_out else summary_line(result, images_dir, labels))
 
 

@@ -130,6 +130,8 @@ SkipUnreadable = Annotated[
 ReportRunDir = Annotated[Path, typer.Argument(help="Run directory written by scan (and refine).")]
 ReportOut = Annotated[Optional[Path], typer.Option("--out", help="HTML file to write (default RUN_DIR/report.html).")]
 EnvJson = Annotated[bool, typer.Option("--json", help="Print as JSON.")]
+
+
 def _print_version(value: bool) -> None:
     if value:
         from labelfix import __version__

@@ -195,8 +195,18 @@ def _chromium() -> str | None:
 def test_report_renders_in_headless_chromium(images_run, tmp_path):
     summary = json.loads((images_run / "summary.json").read_text())
     out = write_report(images_run, tmp_path / "report.html", max_per_class=4)
-    base = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--no-first-run",
-            f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr", "--v=0", "--window-size=1280,2000"]
+    base = [
+        _chromium(),
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--hide-scrollbars",
+        "--no-first-run",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--enable-logging=stderr",
+        "--v=0",
+        "--window-size=1280,2000",
+    ]
     shot = tmp_path / "shot.png"
     r = subprocess.run([*base, f"--screenshot={shot}", out.as_uri()], capture_output=True, text=True, timeout=60)
     assert shot.is_file() and shot.stat().st_size > 1000, r.stderr[-2000:]

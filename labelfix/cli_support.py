@@ -1,0 +1,104 @@
+"""What every CLI command shares: progress, one-line errors, output checks, the CI gates."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Optional
+
+import typer
+
+from labelfix.config import check_finite
+from labelfix.errors import GateFailed, InputError, LabelfixError, from_os_error
+from labelfix.files.paths import check_path_flag
+
+
+def progress(enabled: bool = True):
+    """Bars on a terminal, plain lines when stderr is a file or a CI log (labelfix.terminal);
+    LABELFIX_PROGRESS=none silences them."""
+    import os
+
+    from labelfix.terminal import make_progress
+
+    return make_progress(enabled and os.environ.get("LABELFIX_PROGRESS", "") != "none")
+
+
+def fail(exc: LabelfixError) -> None:
+    msg = " ".join(str(exc).split())
+    typer.echo(f"labelfix: error: {msg}", err=True)
+    raise typer.Exit(exc.exit_code)
+
+
+def warn(warnings: list[str]) -> None:
+    for w in warnings:
+        typer.echo(f"labelfix: warning: {w}", err=True)
+
+
+@contextmanager
+def one_line(outputs: dict[str, Optional[Path]], inputs: Optional[dict[str, Optional[Path]]] = None) -> Iterator[None]:
+    """Turn labelfix errors and the system's (full disk, read-only folder, a path it refuses)
+    into one line on stderr and the documented exit code; `outputs` and `inputs` map flags to
+    paths so the line names the flag whose file failed."""
+    try:
+        yield
+    except LabelfixError as exc:
+        fail(exc)
+    except OSError as exc:
+        fail(from_os_error(exc, outputs, inputs))
+
+
+def prepare_out(out: Path, flag: str = "--out") -> None:
+    """Refuse an unwritable output folder before any work; clear what killed runs left there.
+    RUN_DIR (refine, distill) is checked only when it is a folder: the command says what is
+    wrong with a missing one (exit 4)."""
+    from labelfix.files.outputs import check_output_dir, remove_stale_staging
+
+    if flag == "RUN_DIR" and not out.is_dir():
+        check_path_flag(out, flag)
+        return
+    check_output_dir(out, flag)
+    if out.is_dir():
+        remove_stale_staging(out)
+
+
+def check_gates(fail_above, fail_on_new, baseline) -> None:
+    check_finite({"--fail-above": fail_above})
+    if fail_above is not None and not 0.0 <= fail_above <= 1.0:
+        raise InputError(f"--fail-above must be in [0, 1] (got {fail_above})")
+    if fail_on_new is not None and fail_on_new < 0:
+        raise InputError(f"--fail-on-new must be >= 0 (got {fail_on_new})")
+    if fail_on_new is not None and baseline is None:
+        raise InputError("--fail-on-new needs --baseline (the run to compare with)")
+
+
+def after_scan(result, out: Path, report: bool, summary_md: Optional[Path]) -> None:
+    """The files written after the run's commit: the report and the Markdown summary."""
+    if report:
+        from labelfix.report import write_report
+
+        write_report(out)
+    if summary_md is not None:
+        from labelfix.files.baseline import summary_markdown
+        from labelfix.files.outputs import atomic_write_bytes
+
+        atomic_write_bytes(summary_md, summary_markdown(result.summary, result.baseline).encode())
+
+
+def next_steps(out: Path, report: bool) -> None:
+    opened = f"open {out / 'report.html'}" if report else f"labelfix report {out}"
+    typer.echo(f"labelfix: outputs in {out}/ (scan.parquet, summary.json); next: {opened}, or labelfix refine {out}")
+
+
+def gates(result, fail_above, fail_on_new, strict) -> None:
+    """The CI gates, after the outputs are written: --fail-above, --fail-on-new, --strict."""
+    from labelfix.errors import NewIssues, StrictWarnings
+
+    rate = result.summary["estimated_noise_rate"]
+    if fail_above is not None and rate > fail_above:
+        fail(GateFailed(f"estimated share of wrong labels {rate:.4f} exceeds --fail-above {fail_above}"))
+    if fail_on_new is not None and result.baseline is not None and len(result.baseline.new) > fail_on_new:
+        new = len(result.baseline.new)
+        fail(NewIssues(f"{new} new issues against --baseline {result.baseline.baseline} (--fail-on-new {fail_on_new})"))
+    if strict and result.summary.get("warnings"):
+        n = len(result.summary["warnings"])
+        fail(StrictWarnings(f"--strict: the run has {n} warning(s): {result.summary['warnings'][0]}"))

@@ -63,6 +63,9 @@ def teacher_evidence(inputs, cfg: ScanConfig, labels: LabelSet, run: RunDir, sta
     """Decode the images into the run's cache and run the teacher, reusing its cached outputs
     when the images, labels, teacher settings, seed, device, precision and threads match."""
     from labelfix.models.teacher import TeacherOutput, run_teacher
+    from labelfix.runtime import resolve_runtime
+
+    runtime = resolve_runtime(device, cfg.teacher.precision)  # once for the teacher, and its cache key
 
     csv_name = str(inputs.labels_csv or inputs.images_dir)
     with timer("decode images"):
@@ -72,7 +75,7 @@ def teacher_evidence(inputs, cfg: ScanConfig, labels: LabelSet, run: RunDir, sta
         img_name = f"images-{arr.images_sha256[:16]}-{arr.shape[1]}x{arr.shape[2]}x{arr.shape[3]}.u8"
         tmp_img.rename(stage / rd.CACHE / img_name)
         images = np.memmap(stage / rd.CACHE / img_name, dtype=np.uint8, mode="r", shape=arr.shape)
-    key = teacher_cache_key(cfg, arr, labels.y, device)
+    key = teacher_cache_key(cfg, arr, labels.y, runtime)
     cache = f"{rd.CACHE}/teacher-{key}"
     cached = load_teacher_cache(run, cache, labels.n, len(labels.class_names))
     if cached is not None:
@@ -80,7 +83,8 @@ def teacher_evidence(inputs, cfg: ScanConfig, labels: LabelSet, run: RunDir, sta
         teacher.stats["cache_hit"] = True
     else:
         with timer("teacher"):
-            teacher = run_teacher(images, labels.y, len(labels.class_names), cfg.teacher, cfg.seed, device, progress)
+            c = len(labels.class_names)
+            teacher = run_teacher(images, labels.y, c, cfg.teacher, cfg.seed, progress=progress, runtime=runtime)
         atomic_save_npy(stage / cache / "probs.npy", teacher.probs)
         atomic_save_npy(stage / cache / rd.EMBEDDINGS, teacher.embeddings)
         atomic_write_json(stage / cache / "stats.json", teacher.stats)
@@ -91,13 +95,10 @@ def teacher_evidence(inputs, cfg: ScanConfig, labels: LabelSet, run: RunDir, sta
     return Evidence(teacher.probs, teacher.embeddings, "teacher", hashes, stats, info, images)
 
 
-def teacher_cache_key(cfg: ScanConfig, arr, y: np.ndarray, device: str) -> str:
-    """Everything that changes the teacher's numbers: a folder moved to another host, or run
-    with another thread count, recomputes instead of reusing another setting's outputs."""
-    import torch
-
-    from labelfix.runtime import resolve_precision
-
+def teacher_cache_key(cfg: ScanConfig, arr, y: np.ndarray, runtime) -> str:
+    """Everything that changes the teacher's numbers (Runtime.cache_key: device, precision,
+    thread count, torch version): a folder moved to another host, or run with another thread
+    count, recomputes instead of reusing another setting's outputs."""
     return sha256_json(
         {
             "v": __version__,
@@ -106,10 +107,7 @@ def teacher_cache_key(cfg: ScanConfig, arr, y: np.ndarray, device: str) -> str:
             "y": hashlib.sha256(np.ascontiguousarray(y).tobytes()).hexdigest(),
             "teacher": cfg.teacher.__dict__,
             "seed": cfg.seed,
-            "device": device,
-            "precision": resolve_precision(device, cfg.teacher.precision),
-            "threads": torch.get_num_threads(),
-            "torch": torch.__version__,
+            **runtime.cache_key(),
         }
     )[:20]
 

@@ -59,17 +59,6 @@ def _check_matrix(arr, name: str, n: int, cols: int | None = None) -> np.ndarray
     return a
 
 
-def _check_probs(probs: np.ndarray) -> np.ndarray:
-    if (probs < -1e-6).any():
-        raise InputError("pred_probs: has negative values; pass probabilities, not logits")
-    sums = probs.sum(axis=1)
-    bad = np.flatnonzero(np.abs(sums - 1.0) > 1e-3)
-    if len(bad):
-        raise InputError(f"pred_probs: row {bad[0]} sums to {sums[bad[0]]:.4f}, not 1")
-    probs = np.clip(probs, 0, None)
-    return (probs / probs.sum(axis=1, keepdims=True)).astype(np.float32)
-
-
 def _evidence(labels, pred_probs, features, *, k, num_classes, folds, seed, device) -> _Evidence:
     """Validated arrays and the kNN graph, built exactly as `scan --pred-probs [--embeddings]` does."""
     from labelfix.core.graph import build_knn
@@ -84,7 +73,9 @@ def _evidence(labels, pred_probs, features, *, k, num_classes, folds, seed, devi
     device = resolve_device(device)
     feats = None if features is None else _check_matrix(features, "features", len(y))
     if pred_probs is not None:
-        probs = _check_probs(_check_matrix(pred_probs, "pred_probs", len(y), num_classes))
+        from labelfix.files.npy import check_pred_probs
+
+        probs = check_pred_probs(_check_matrix(pred_probs, "pred_probs", len(y), num_classes), None, "pred_probs")
         source = "pred_probs"
     else:
         from labelfix.models.crossfit import crossfit_linear_head

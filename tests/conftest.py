@@ -46,6 +46,32 @@ def stderr_of(result) -> str:
         return result.output
 
 
+def model_outputs(
+    folder: Path,
+    n: int,
+    c: int,
+    noise: float,
+    seed: int,
+    *,
+    spread: float = 0.6,
+    margin: float = 3.5,
+    probs_name: str = "probs.npy",
+    path_fmt: str = "img/{}.png",
+    label_fmt: str = "c{}",
+):
+    """A fixed model's out-of-sample probabilities (true class boosted by `margin` over normal
+    logits of sd `spread`) and labels with about `noise` of them moved to the next class, written
+    to folder/probs_name and folder/labels.csv. Returns (true, given, csv path)."""
+    rng = np.random.default_rng(seed)
+    true = rng.integers(0, c, n)
+    given = np.where(rng.random(n) < noise, (true + 1) % c, true)
+    logits = rng.normal(0, spread, (n, c))
+    logits[np.arange(n), true] += margin
+    np.save(folder / probs_name, (np.exp(logits) / np.exp(logits).sum(1, keepdims=True)).astype(np.float32))
+    rows = [(path_fmt.format(i), label_fmt.format(g)) for i, g in enumerate(given)]
+    return true, given, write_csv(folder / "labels.csv", ("path", "label"), rows)
+
+
 def write_csv(path: Path, header: tuple[str, str], rows) -> Path:
     lines = [",".join(header)] + [f"{p},{g}" for p, g in rows]
     path.write_text("\n".join(lines) + "\n")

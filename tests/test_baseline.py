@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import write_csv
+from conftest import model_outputs, write_csv
 
 import labelfix
 from labelfix.files.baseline import summary_markdown
@@ -16,14 +16,8 @@ N, C = 400, 4
 @pytest.fixture(scope="module")
 def fixed_model(tmp_path_factory):
     """One fixed model's probabilities and labels with 15% wrong, scanned once as the baseline."""
-    rng = np.random.default_rng(11)
     d = tmp_path_factory.mktemp("baseline")
-    true = rng.integers(0, C, N)
-    given = np.where(rng.random(N) < 0.15, (true + 1) % C, true)
-    logits = rng.normal(0, 0.6, (N, C))
-    logits[np.arange(N), true] += 3.5
-    np.save(d / "probs.npy", (np.exp(logits) / np.exp(logits).sum(1, keepdims=True)).astype(np.float32))
-    write_csv(d / "labels.csv", ("path", "label"), [(f"img/{i}.png", f"c{g}") for i, g in enumerate(given)])
+    true, given, _ = model_outputs(d, N, C, 0.15, 11)
     labelfix.scan(labels_csv=d / "labels.csv", pred_probs=d / "probs.npy", out=d / "base")
     return d, true, given
 

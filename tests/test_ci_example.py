@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from conftest import write_csv
+from conftest import model_outputs, write_csv
 
 EXAMPLES = Path(__file__).parent.parent / "examples" / "ci"
 N, C = 300, 3
@@ -24,13 +24,7 @@ def _gate(tmp_path, labels, baseline, name):
 
 def test_the_example_gate(tmp_path):
     assert "bash examples/ci/gate.sh" in (EXAMPLES / "label-quality.yml").read_text()
-    rng = np.random.default_rng(4)
-    true = rng.integers(0, C, N)
-    given = np.where(rng.random(N) < 0.1, (true + 1) % C, true)
-    logits = rng.normal(0, 0.6, (N, C))
-    logits[np.arange(N), true] += 3.5
-    np.save(tmp_path / "p.npy", (np.exp(logits) / np.exp(logits).sum(1, keepdims=True)).astype(np.float32))
-    labels = write_csv(tmp_path / "labels.csv", ("path", "label"), [(f"{i}.png", f"k{g}") for i, g in enumerate(given)])
+    true, given, labels = model_outputs(tmp_path, N, C, 0.1, 4, probs_name="p.npy", path_fmt="{}.png", label_fmt="k{}")
     # accept today's issues: the baseline is the scan.parquet of a first run
     first = subprocess.run(
         [str(Path(sys.executable).parent / "labelfix"), "scan", "--labels", labels, "--pred-probs", tmp_path / "p.npy"]

@@ -11,22 +11,16 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import FAST_CLI, run_cli, stderr_of, write_csv
+from conftest import FAST_CLI, model_outputs, run_cli, stderr_of, write_csv
 
 N, C = 400, 4
 
 
 @pytest.fixture(scope="module")
-def model_outputs(tmp_path_factory):
+def gate_run(tmp_path_factory):
     """One fixed model's probabilities, labels with 15% wrong, and the baseline scan."""
-    rng = np.random.default_rng(21)
     d = tmp_path_factory.mktemp("gate")
-    true = rng.integers(0, C, N)
-    given = np.where(rng.random(N) < 0.15, (true + 1) % C, true)
-    logits = rng.normal(0, 0.6, (N, C))
-    logits[np.arange(N), true] += 3.5
-    np.save(d / "probs.npy", (np.exp(logits) / np.exp(logits).sum(1, keepdims=True)).astype(np.float32))
-    write_csv(d / "labels.csv", ("path", "label"), [(f"img/{i}.png", f"c{g}") for i, g in enumerate(given)])
+    true, given, _ = model_outputs(d, N, C, 0.15, 21)
     r = run_cli(["scan", "--labels", d / "labels.csv", "--pred-probs", d / "probs.npy", "--out", d / "base"])
     assert r.exit_code == 0, stderr_of(r)
     five = np.flatnonzero(given == true)[:5]
@@ -43,8 +37,8 @@ def _gate(d, tmp_path, allowed):
     return run_cli(args), md
 
 
-def test_fail_on_new_trips_on_five_new_wrong_labels(model_outputs, tmp_path):
-    d, five = model_outputs
+def test_fail_on_new_trips_on_five_new_wrong_labels(gate_run, tmp_path):
+    d, five = gate_run
     r, md = _gate(d, tmp_path, 4)
     assert r.exit_code == 11, stderr_of(r)
     assert "5 new issues" in stderr_of(r) and len(stderr_of(r).strip().splitlines()) == 1
@@ -55,15 +49,15 @@ def test_fail_on_new_trips_on_five_new_wrong_labels(model_outputs, tmp_path):
     assert summary["baseline"]["new_issues"] == 5
 
 
-def test_fail_on_new_passes_at_the_limit(model_outputs, tmp_path):
-    d, _ = model_outputs
+def test_fail_on_new_passes_at_the_limit(gate_run, tmp_path):
+    d, _ = gate_run
     r, md = _gate(d, tmp_path, 5)
     assert r.exit_code == 0, stderr_of(r)
     assert "**5 new**" in md.read_text()
 
 
-def test_fail_on_new_needs_a_baseline(model_outputs, tmp_path):
-    d, _ = model_outputs
+def test_fail_on_new_needs_a_baseline(gate_run, tmp_path):
+    d, _ = gate_run
     r = run_cli(
         ["scan", "--labels", d / "labels.csv", "--pred-probs", d / "probs.npy", "--out", tmp_path / "r"]
         + ["--fail-on-new", "0"]
@@ -71,8 +65,8 @@ def test_fail_on_new_needs_a_baseline(model_outputs, tmp_path):
     assert r.exit_code == 2 and "--baseline" in stderr_of(r) and not (tmp_path / "r").exists()
 
 
-def test_strict_turns_warnings_into_exit_12(model_outputs, tmp_path):
-    d, _ = model_outputs
+def test_strict_turns_warnings_into_exit_12(gate_run, tmp_path):
+    d, _ = gate_run
     shuffled = np.load(d / "probs.npy")[np.random.default_rng(0).permutation(N)]
     np.save(tmp_path / "chance.npy", shuffled)
     base = ["scan", "--labels", d / "labels.csv", "--pred-probs", tmp_path / "chance.npy", "--allow-weak-teacher"]
@@ -83,8 +77,8 @@ def test_strict_turns_warnings_into_exit_12(model_outputs, tmp_path):
     assert run_cli(good).exit_code == 0
 
 
-def test_report_command_and_scan_report(model_outputs, tmp_path):
-    d, _ = model_outputs
+def test_report_command_and_scan_report(gate_run, tmp_path):
+    d, _ = gate_run
     r = run_cli(
         ["scan", "--labels", d / "labels.csv", "--pred-probs", d / "probs.npy", "--out", tmp_path / "run", "--report"]
     )
@@ -109,8 +103,8 @@ def test_version_env_and_exit_codes_in_help():
     assert "Exit codes" in text and "11" in text and "12" in text
 
 
-def test_summary_records_library_versions(model_outputs):
-    d, _ = model_outputs
+def test_summary_records_library_versions(gate_run):
+    d, _ = gate_run
     s = json.loads((d / "base" / "summary.json").read_text())
     assert s["versions"]["numpy"] and s["versions"]["faiss"] and s["threads"] >= 1
 

@@ -9,7 +9,7 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import run_cli, stderr_of, write_csv
+from conftest import model_outputs, run_cli, stderr_of
 
 from labelfix.files.rundir import MANIFEST, PENDING, RunDir
 
@@ -19,14 +19,8 @@ N, C = 240, 3
 @pytest.fixture(scope="module")
 def scanned(tmp_path_factory):
     """A --pred-probs scan and refine (no teacher), copied by each test."""
-    rng = np.random.default_rng(5)
     d = tmp_path_factory.mktemp("rundir")
-    true = rng.integers(0, C, N)
-    given = np.where(rng.random(N) < 0.2, (true + 1) % C, true)
-    logits = rng.normal(0, 0.7, (N, C))
-    logits[np.arange(N), true] += 3
-    np.save(d / "probs.npy", (np.exp(logits) / np.exp(logits).sum(1, keepdims=True)).astype(np.float32))
-    csv = write_csv(d / "labels.csv", ("path", "label"), [(f"i{i}.png", f"k{g}") for i, g in enumerate(given)])
+    _, _, csv = model_outputs(d, N, C, 0.2, 5, spread=0.7, margin=3, path_fmt="i{}.png", label_fmt="k{}")
     r = run_cli(["scan", "--labels", csv, "--pred-probs", d / "probs.npy", "--out", d / "run"])
     assert r.exit_code == 0, stderr_of(r)
     assert run_cli(["refine", d / "run"]).exit_code == 0

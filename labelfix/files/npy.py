@@ -65,13 +65,16 @@ def load_npy(path: Path, flag: str, n_rows: int, n_cols: int | None = None) -> n
     return arr
 
 
-def check_pred_probs(probs: np.ndarray, path: Path) -> np.ndarray:
+def check_pred_probs(probs: np.ndarray, path: Path | None, name: str = "--pred-probs") -> np.ndarray:
+    """Probabilities checked (no negatives, rows summing to 1 within 1e-3) and renormalised in
+    float32; errors start with `path: name` (the CLI) or `name:` (the Python API, path None)."""
+    where = f"{path}: {name}" if path is not None else f"{name}:"
     if (probs < -1e-6).any():
-        raise InputError(f"{path}: --pred-probs has negative values; pass probabilities, not logits")
+        raise InputError(f"{where} has negative values; pass probabilities, not logits")
     sums = probs.sum(axis=1)
     bad = np.flatnonzero(np.abs(sums - 1.0) > 1e-3)
     if len(bad):
-        raise InputError(f"{path}: --pred-probs row {bad[0]} sums to {sums[bad[0]]:.4f}, not 1")
+        raise InputError(f"{where} row {bad[0]} sums to {sums[bad[0]]:.4f}, not 1")
     probs = np.clip(probs, 0, None)
     return (probs / probs.sum(axis=1, keepdims=True)).astype(np.float32)
 

@@ -89,3 +89,67 @@ def test_out_of_fold_graph_uses_each_rows_own_fold_block():
     full = build_knn(a / np.linalg.norm(a, axis=1, keepdims=True), 5)
     part = build_knn(a / np.linalg.norm(a, axis=1, keepdims=True), 5, rows=np.array([3, 7, 150]))
     assert (part.ids == full.ids[[3, 7, 150]]).all()
+
+
+def _brute(x, k, rows=None):
+    sims = x @ x.T
+    np.fill_diagonal(sims, -np.inf)
+    rows = np.arange(len(x)) if rows is None else rows
+    ids = np.argsort(-sims[rows], axis=1, kind="stable")[:, :k]
+    return ids, np.take_along_axis(sims[rows], ids, axis=1)
+
+
+def test_exact_search_matches_brute_force_and_row_subsets():
+    x = _clustered(1500, 16, seed=3)
+    g = build_knn(x, 7)
+    ids, sims = _brute(x, 7)
+    assert g.index_kind == "flat" and g.recall is None
+    assert g.ids.dtype == np.int64 and g.sims.dtype == np.float32
+    assert all(set(a) == set(b) for a, b in zip(g.ids.tolist(), ids.tolist()))
+    np.testing.assert_allclose(g.sims, sims, atol=1e-5)
+    rows = np.array([1400, 3, 3, 700, 0])  # unsorted, with a repeat: the result follows `rows`
+    part = build_knn(x, 7, rows=rows)
+    assert (part.ids == g.ids[rows]).all() and (part.sims == g.sims[rows]).all()
+    assert build_knn(x, 7, rows=np.array([], dtype=np.int64)).ids.shape == (0, 7)
+    assert build_knn(x[:2], 5).ids.tolist() == [[1], [0]]  # k shrinks to N - 1
+
+
+def test_blocked_search_on_row_subsets_and_read_only_memmaps(tmp_path):
+    x = _clustered(4000, 32, seed=1)
+    np.save(tmp_path / "x.npy", x)
+    mm = np.load(tmp_path / "x.npy", mmap_mode="r")  # read-only: copied once, never written
+    rows = np.arange(0, 4000, 3)
+    g = build_knn(mm, 10, exact_limit=1_000, rows=rows)
+    assert g.index_kind.startswith("blocked") and g.ids.shape == (len(rows), 10)
+    assert not (g.ids == rows[:, None]).any() and (g.ids >= 0).all()
+    ids, _ = _brute(x, 10, rows)
+    hits = sum(len(set(a) & set(b)) for a, b in zip(g.ids.tolist(), ids.tolist()))
+    assert hits / ids.size >= 0.95 and g.recall >= 0.97
+    np.testing.assert_allclose(g.sims, np.einsum("nd,nkd->nk", x[rows], x[g.ids]), atol=1e-5)
+
+
+def test_blocked_search_widens_lists_with_too_few_rows(monkeypatch):
+    """With one probe a list of 3 isolated rows holds fewer than k + 1 rows and must take rows
+    from its nearest other lists."""
+    import labelfix.core.graph as graph
+
+    monkeypatch.setattr(graph, "TARGET_RECALL", 0.3)  # one probe is enough for that
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(40, 24))
+    x = centres[rng.integers(0, 40, 3000)] + 0.01 * rng.normal(size=(3000, 24))
+    x[:3] = rng.normal(size=24) + 0.01 * rng.normal(size=(3, 24))
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    g = build_knn(x, 10, exact_limit=1_000)
+    assert g.index_kind.endswith(",nprobe1")
+    assert (g.ids >= 0).all() and np.isfinite(g.sims).all()
+    assert not (g.ids == np.arange(len(x))[:, None]).any()
+    assert set(g.ids[0, :2]) == {1, 2}
+
+
+def test_blocked_search_falls_back_to_exact_without_cluster_structure():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(3000, 64))
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    g = build_knn(x, 10, exact_limit=1_000)  # uniform on the sphere: nearly all lists are needed
+    assert g.index_kind == "flat" and g.recall is None
+    assert (g.ids == build_knn(x, 10).ids).all()

@@ -7,27 +7,23 @@ share a budget, so a 100k-row run gives a page of a few MB.
 
 from __future__ import annotations
 
-import base64
-import html
-import io
-import json
-import os
-import tempfile
-import warnings
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError, RunDirError
-
-SCAN_COLUMNS = ("path", "given_label", "given_index", "issue_score", "is_issue", "suggested_label")
-REFINED_COLUMNS = ("path", "ambiguity", "action")
-DUPLICATE_COLUMNS = ("duplicate_group", "duplicate_conflict")
-THUMB_BUDGET = 12_000_000  # characters of embedded images (gallery cards first); the rest render without
-THUMB_SIDE, NEIGHBOUR_SIDE = 64, 32
-MAX_GALLERY_CLASSES, MAX_MATRIX_CLASSES = 100, 30
-MAX_DUPLICATE_GROUPS, QUEUE_PAGE = 200, 100
+from labelfix.errors import InputError
+from labelfix.files.outputs import atomic_write_bytes
+from labelfix.report_data import (
+    MAX_DUPLICATE_GROUPS,
+    MAX_GALLERY_CLASSES,
+    MAX_MATRIX_CLASSES,
+    NEIGHBOUR_SIDE,
+    QUEUE_PAGE,
+    Run,
+    esc,
+    num,
+    one_line,
+)
 
 CSS = """body{font:14px/1.4 system-ui,sans-serif;margin:0 24px 40px;color:#222;background:#fafafa}h1{margin:16px 0 4px}
 h2{margin-top:32px;border-bottom:1px solid #ccc}nav a{margin-right:12px}.muted{color:#666}.g{color:#a00}
@@ -49,7 +45,7 @@ def write_report(
 ) -> Path:
     """Write the run's HTML report (default `run_dir/report.html`) atomically and return its path. RunDirError names
     the file when summary.json, scan.parquet or the graph is missing or unreadable, or refined.parquet is stale."""
-    run = _Run(Path(run_dir), neighbours)
+    run = Run(Path(run_dir), neighbours)
     flagged = np.flatnonzero(run.flags)
     flagged = flagged[np.argsort(-run.score[flagged], kind="stable")]  # highest score first, ties in row order
     parts = [
@@ -65,197 +61,58 @@ def write_report(
         _duplicates_html(run),
     ]
     out = Path(out) if out is not None else run.dir / "report.html"
-    _atomic_write(out, _page(run, "".join(parts)).encode("utf-8"))
+    write_bytes(out, _page(run, "".join(parts)).encode("utf-8"))
     return out
 
 
-def _e(value) -> str:
-    return html.escape(str(value), quote=True)
-
-
-def _one_line(exc: BaseException) -> str:
-    return (str(exc).splitlines() or [type(exc).__name__])[0]
-
-
-def _num(x, fmt: str = ".3f") -> str:
-    return format(x, fmt) if isinstance(x, (int, float)) and not isinstance(x, bool) else "–"
-
-
-def _load(path: Path, read):
-    """read(path); RunDirError naming the file when it is missing or unreadable."""
-    if not path.is_file():
-        raise RunDirError(f"{path}: missing (run labelfix scan first)")
-    try:
-        return read(path)
-    except RunDirError:
-        raise
-    except Exception as exc:
-        raise RunDirError(f"{path}: unreadable ({_one_line(exc)})") from None
-
-
-def _parquet(path: Path, required: tuple, optional: tuple = ()):
-    import pyarrow.parquet as pq
-
-    names = set(pq.read_schema(path).names)
-    missing = [c for c in required if c not in names]
-    if missing:
-        raise RunDirError(f"{path}: no column {missing[0]!r} (written by another labelfix version: run scan again)")
-    columns = list(required) + [c for c in optional if c in names]
-    return pq.read_table(path, columns=columns).to_pandas(integer_object_nulls=True)  # group ids stay integers
-
-
-class _Run:
-    """What the page shows of a run directory, read once."""
-
-    def __init__(self, run_dir: Path, neighbours: int):
-        self.dir, path = run_dir, run_dir / "summary.json"
-        self.summary = _load(path, lambda p: json.loads(p.read_text(encoding="utf-8")))
-        if not isinstance(self.summary, dict) or not isinstance(self.summary.get("class_names"), list):
-            raise RunDirError(f"{path}: not a labelfix scan summary (no class_names)")
-        self.names = [str(c) for c in self.summary["class_names"]]
-        df = _load(run_dir / "scan.parquet", lambda p: _parquet(p, SCAN_COLUMNS, DUPLICATE_COLUMNS))
-        self.n, self.y = len(df), df["given_index"].to_numpy().astype(np.int64)
-        text = (df[c].astype(str).to_numpy() for c in ("path", "given_label", "suggested_label"))
-        self.paths, self.given, self.suggested = text
-        self.score, self.flags = df["issue_score"].to_numpy().astype(np.float64), df["is_issue"].to_numpy().astype(bool)
-        self.dups = df[list(DUPLICATE_COLUMNS)] if all(c in df for c in DUPLICATE_COLUMNS) else None
-        self.ids, self.sims = (self._graph(name, neighbours) for name in ("graph_ids.npy", "graph_sims.npy"))
-        self.amb = self.action = None
-        if (run_dir / "refined.parquet").is_file():
-            ref = _load(run_dir / "refined.parquet", lambda p: _parquet(p, REFINED_COLUMNS))
-            if len(ref) != self.n or (ref["path"].astype(str).to_numpy() != self.paths).any():
-                raise RunDirError(f"{run_dir / 'refined.parquet'}: rows differ from scan.parquet (run refine again)")
-            self.amb, self.action = ref["ambiguity"].to_numpy().astype(np.float64), ref["action"].astype(str).to_numpy()
-        self.thumbs = _Thumbs(run_dir, self.summary, self.paths)
-
-    def _graph(self, name: str, neighbours: int) -> np.ndarray:
-        path = self.dir / name
-        arr = _load(path, lambda p: np.load(p, mmap_mode="r", allow_pickle=False))
-        if arr.ndim != 2 or len(arr) != self.n:
-            raise RunDirError(f"{path}: shape {arr.shape} does not match scan.parquet's {self.n} rows")
-        return arr[:, : max(0, neighbours)]
-
-    def neighbour_rows(self, i: int) -> list[tuple[int, float]]:
-        return [(int(j), float(s)) for j, s in zip(self.ids[i], self.sims[i]) if 0 <= j < self.n and j != i]
-
-    def vote(self, i: int, top: int = 3) -> str:
-        counts = Counter(self.given[j] for j, _ in self.neighbour_rows(i)).most_common(top)
-        return ", ".join(f"{_e(label)} ({k})" for label, k in counts) or "none"
-
-    def refined(self, i: int) -> tuple[str, str]:  # (ambiguity, action) as HTML; dashes without refine
-        if self.action is None:
-            return "–", "–"
-        return _num(self.amb[i], ".2f"), f'<span class="act-{_e(self.action[i])}">{_e(self.action[i])}</span>'
-
-
-class _Thumbs:
-    """<img> tags with PNG data URIs from the images (or scan's decoded cache), until THUMB_BUDGET is spent."""
-
-    def __init__(self, run_dir: Path, summary: dict, paths: np.ndarray):
-        self.paths, self.memo, self.left, self.skipped = paths, {}, THUMB_BUDGET, 0
-        root = (summary.get("inputs") or {}).get("images_dir")
-        self.root = Path(root).resolve() if root and Path(root).is_dir() else None
-        info = summary.get("images") or {}
-        shape, cache = tuple(info.get("shape") or ()), run_dir / str(info.get("cache") or "-")
-        ok = len(shape) == 4 and shape[0] == len(paths) and cache.is_file() and cache.stat().st_size == np.prod(shape)
-        self.cache = np.memmap(cache, dtype=np.uint8, mode="r", shape=shape) if ok else None
-        self.available = self.root is not None or self.cache is not None
-
-    def img(self, i: int, side: int = THUMB_SIDE) -> str:
-        if not self.available:
-            return ""
-        uri = self.memo.get((i, side), False)
-        if uri is False:
-            uri = self.memo[(i, side)] = self._uri(i, side) if self.left > 0 else None
-            self.skipped, self.left = self.skipped + (self.left <= 0), self.left - len(uri or "")
-        if uri is None:
-            return f'<span class="nt" style="width:{side}px;height:{side}px" title="no thumbnail"></span>'
-        return f'<img class="t" src="{uri}" width="{side}" height="{side}" alt="">'
-
-    def _uri(self, i: int, side: int) -> str | None:
-        from PIL import Image
-
-        im, path = None, (self.root / self.paths[i]).resolve() if self.root is not None else None
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # e.g. PIL's DecompressionBombWarning: the library never prints
-            if path is not None and path.is_relative_to(self.root) and path.is_file():
-                try:
-                    with Image.open(path) as src:
-                        src.draft(None, (2 * side, 2 * side))  # JPEG: decode at a reduced size
-                        im = _displayable(src)
-                except Exception:
-                    im = None
-            if im is None and self.cache is not None:
-                arr = np.asarray(self.cache[i])
-                im = Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr)
-            if im is None:
-                return None
-            im.thumbnail((side, side))
-            buf = io.BytesIO()
-            im.save(buf, "PNG")
-        return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
-
-
-def _displayable(im):
-    """A loaded L or RGB copy of `im`; transparency composited on white."""
-    from PIL import Image
-
-    if im.mode.startswith("I") or im.mode == "F":  # 16/32-bit and float images: stretched to 8 bits
-        arr = np.array(im, dtype=np.float32)
-        arr -= arr.min()
-        return Image.fromarray((arr / (float(arr.max()) or 1.0) * 255).astype(np.uint8), "L")
-    if im.mode == "P" or "A" in im.mode:
-        rgba = im.convert("RGBA")
-        return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
-    return im.convert("L" if im.mode in ("L", "1") else "RGB")
-
-
-def _summary_html(run: _Run) -> str:
+def _summary_html(run: Run) -> str:
     s, counts, check = run.summary, run.summary.get("counts") or {}, run.summary.get("teacher_check") or {}
     teacher = "teacher " + str(((s.get("config") or {}).get("teacher") or {}).get("teacher", "?"))
-    p = f" (p = {check['p_value']:.2g})".replace("p = 0)", "p < 1e-300)") if _num(check.get("p_value")) != "–" else ""
+    p = f" (p = {check['p_value']:.2g})".replace("p = 0)", "p < 1e-300)") if num(check.get("p_value")) != "–" else ""
     verdict = "weak, unreliable" if check.get("weak") else "untested" if check.get("testable") == 0 else "above chance"
     items = [
         ("samples", counts.get("samples", run.n)),
         ("classes", counts.get("classes", len(run.names))),
         ("flagged", f"{int(run.flags.sum())} ({run.flags.mean() if run.n else 0:.1%})"),
-        ("estimated noise rate", _num(s.get("estimated_noise_rate"), ".1%")),
-        ("teacher agreement with given labels", _num(s.get("teacher_heldout_agreement_with_given"), ".1%")),
-        ("chance agreement", _num(check.get("chance"), ".1%")),
+        ("estimated noise rate", num(s.get("estimated_noise_rate"), ".1%")),
+        ("teacher agreement with given labels", num(s.get("teacher_heldout_agreement_with_given"), ".1%")),
+        ("chance agreement", num(check.get("chance"), ".1%")),
         ("teacher check", verdict + p),
         ("probabilities from", "--pred-probs" if (s.get("inputs") or {}).get("pred_probs") else teacher),
-        ("flag threshold (P(wrong))", _num((s.get("detection") or {}).get("flag_threshold"))),
+        ("flag threshold (P(wrong))", num((s.get("detection") or {}).get("flag_threshold"))),
     ]
     if run.action is not None:
         items += [(f"refine: {a}", int((run.action == a).sum())) for a in ("keep", "relabel", "review")]
-        items.append(("mean ambiguity", _num(float(run.amb.mean()) if run.n else None)))
-    grid = "".join(f"<div>{_e(k)}<b>{_e(v)}</b></div>" for k, v in items)
+        items.append(("mean ambiguity", num(float(run.amb.mean()) if run.n else None)))
+    grid = "".join(f"<div>{esc(k)}<b>{esc(v)}</b></div>" for k, v in items)
     warnings = list(s.get("warnings") or []) + list((s.get("refine") or {}).get("warnings") or [])
-    warn = "".join(f'<div class="warn">warning: {_e(w)}</div>' for w in warnings) or '<p class="muted">No warnings.</p>'
+    warn = (
+        "".join(f'<div class="warn">warning: {esc(w)}</div>' for w in warnings) or '<p class="muted">No warnings.</p>'
+    )
     return f'<h2 id="summary">Summary</h2><div class="kv">{grid}</div>{warn}'
 
 
-def _class_table_html(run: _Run) -> str:
+def _class_table_html(run: Run) -> str:
     rows = list(run.summary.get("per_class") or [])
     ref = {r.get("class"): r for r in (run.summary.get("refine") or {}).get("per_class") or []}
     extra = ("relabelled_from", "relabelled_to", "review") if run.action is not None and ref else ()
     head = "".join(f"<th>{h.replace('_', ' ')}</th>" for h in ("samples", "flagged", "est. noise rate", *extra))
     body = []
     for r in rows:
-        cells = [r.get("n"), r.get("issues"), _num(r.get("estimated_noise_rate"), ".1%")]
+        cells = [r.get("n"), r.get("issues"), num(r.get("estimated_noise_rate"), ".1%")]
         cells += [ref.get(r.get("class"), {}).get(k) for k in extra]
-        body.append(f'<tr><td class="l">{_e(r.get("class"))}</td>{"".join(f"<td>{_e(c)}</td>" for c in cells)}</tr>')
+        body.append(f'<tr><td class="l">{esc(r.get("class"))}</td>{"".join(f"<td>{esc(c)}</td>" for c in cells)}</tr>')
     return f'<h2 id="classes">Per class</h2><table><tr><th class="l">class</th>{head}</tr>{"".join(body)}</table>'
 
 
-def _matrix_html(run: _Run) -> str:
+def _matrix_html(run: Run) -> str:
     m, c = np.asarray((run.summary.get("noise_matrix") or {}).get("values") or [], dtype=np.float64), len(run.names)
     if m.shape != (c, c) or c == 0:
         return '<h2 id="matrix">Noise matrix</h2><p class="muted">Not in summary.json.</p>'
     counts = np.bincount(run.y[(run.y >= 0) & (run.y < c)], minlength=c)
     show = np.sort(np.argsort(-(1.0 - np.diag(m)) * counts, kind="stable")[:MAX_MATRIX_CLASSES])
     top = max(float((m[np.ix_(show, show)] * (1 - np.eye(len(show)))).max()), 1e-9)
-    name = [_e(x) for x in run.names]
+    name = [esc(x) for x in run.names]
 
     def cell(a: int, b: int) -> str:
         v = m[a, b]
@@ -281,7 +138,7 @@ def _matrix_html(run: _Run) -> str:
     )
 
 
-def _histogram_html(run: _Run, bins: int = 20) -> str:
+def _histogram_html(run: Run, bins: int = 20) -> str:
     edges, score = np.linspace(0.0, 1.0, bins + 1), np.clip(run.score, 0.0, 1.0)
     total, flagged = np.histogram(score, edges)[0], np.histogram(score[run.flags], edges)[0]
     w, h, pad, scale = 520, 200, 30, np.log10(1 + max(int(total.max()) if run.n else 0, 1))
@@ -314,23 +171,23 @@ def _histogram_html(run: _Run, bins: int = 20) -> str:
     )
 
 
-def _card(run: _Run, i: int, is_open: bool = False) -> str:
+def _card(run: Run, i: int, is_open: bool = False) -> str:
     amb, act = run.refined(i)
     nbs = "".join(
-        f'<li>{run.thumbs.img(j, NEIGHBOUR_SIDE)} {_e(run.given[j])} <span class="muted">{s:.2f}</span></li>'
+        f'<li>{run.thumbs.img(j, NEIGHBOUR_SIDE)} {esc(run.given[j])} <span class="muted">{s:.2f}</span></li>'
         for j, s in run.neighbour_rows(i)
     )
     return (
         f'<figure class="card" data-row="{i}">{run.thumbs.img(i)}<figcaption>'
-        f'<div><span class="g">{_e(run.given[i])}</span> → <span class="s">{_e(run.suggested[i])}</span></div>'
+        f'<div><span class="g">{esc(run.given[i])}</span> → <span class="s">{esc(run.suggested[i])}</span></div>'
         f"<div>score {run.score[i]:.3f} · amb {amb} · {act}</div>"
-        f'<div class="p" title="{_e(run.paths[i])}">{_e(run.paths[i])}</div>'
+        f'<div class="p" title="{esc(run.paths[i])}">{esc(run.paths[i])}</div>'
         f"<details{' open' * is_open}><summary>neighbours: {run.vote(i)}</summary>"
         f'<ol class="nb">{nbs}</ol></details></figcaption></figure>'
     )
 
 
-def _galleries_html(run: _Run, flagged: np.ndarray, max_per_class: int) -> str:
+def _galleries_html(run: Run, flagged: np.ndarray, max_per_class: int) -> str:
     by_class: dict[int, list[int]] = {}
     for i in flagged:
         by_class.setdefault(int(run.y[i]), []).append(int(i))
@@ -349,13 +206,13 @@ def _galleries_html(run: _Run, flagged: np.ndarray, max_per_class: int) -> str:
         name = run.names[k] if 0 <= k < len(run.names) else str(k)
         cards = "".join(_card(run, i, n + j == 0) for j, i in enumerate(shown[k]))
         out.append(
-            f'<section class="gallery" id="class-{k}"><h3>given {_e(name)}: {len(by_class[k])} flagged, '
+            f'<section class="gallery" id="class-{k}"><h3>given {esc(name)}: {len(by_class[k])} flagged, '
             f'top {len(shown[k])}</h3><div class="cards">{cards}</div></section>'
         )
     return "".join(out) if order else out[0] + "<p>No flagged images.</p>"
 
 
-def _queue_html(run: _Run, rows: np.ndarray) -> str:
+def _queue_html(run: Run, rows: np.ndarray) -> str:
     cols = ["#", ""][: 1 + run.thumbs.available] + "path given suggested score ambiguity action neighbours".split()
     head = "<tr>" + "".join(f'<th class="l">{c}</th>' for c in cols) + "</tr>"
     pages = []
@@ -365,9 +222,9 @@ def _queue_html(run: _Run, rows: np.ndarray) -> str:
             amb, act = run.refined(i)
             thumb = f"<td>{run.thumbs.img(i, NEIGHBOUR_SIDE)}</td>" if run.thumbs.available else ""
             trs.append(
-                f'<tr class="q"><td>{rank}</td>{thumb}<td class="l p" title="{_e(run.paths[i])}">'
-                f'{_e(run.paths[i])}</td><td class="l">{_e(run.given[i])}</td><td class="l">'
-                f'{_e(run.suggested[i])}</td><td>{run.score[i]:.3f}</td><td>{amb}</td><td class="l">{act}</td>'
+                f'<tr class="q"><td>{rank}</td>{thumb}<td class="l p" title="{esc(run.paths[i])}">'
+                f'{esc(run.paths[i])}</td><td class="l">{esc(run.given[i])}</td><td class="l">'
+                f'{esc(run.suggested[i])}</td><td>{run.score[i]:.3f}</td><td>{amb}</td><td class="l">{act}</td>'
                 f'<td class="l">{run.vote(i)}</td></tr>'
             )
         pages.append(
@@ -381,7 +238,7 @@ def _queue_html(run: _Run, rows: np.ndarray) -> str:
     )
 
 
-def _duplicates_html(run: _Run) -> str:
+def _duplicates_html(run: Run) -> str:
     if run.dups is None:
         return ""
     group = run.dups["duplicate_group"].astype(str).to_numpy()
@@ -394,21 +251,21 @@ def _duplicates_html(run: _Run) -> str:
     items = []
     for g in sorted(groups, key=lambda g: (g not in bad, -len(groups[g]), g))[:MAX_DUPLICATE_GROUPS]:
         members = "".join(
-            f'<li>{run.thumbs.img(i, NEIGHBOUR_SIDE)} {_e(run.given[i])} <span class="muted">'
-            f"{_e(run.paths[i])}</span></li>"
+            f'<li>{run.thumbs.img(i, NEIGHBOUR_SIDE)} {esc(run.given[i])} <span class="muted">'
+            f"{esc(run.paths[i])}</span></li>"
             for i in groups[g]
         )
         flag = " <b class=g>conflicting labels</b>" if g in bad else ""
-        items.append(f'<li class="dup">group {_e(g)}{flag}<ul>{members}</ul></li>')
+        items.append(f'<li class="dup">group {esc(g)}{flag}<ul>{members}</ul></li>')
     more = f" The first {MAX_DUPLICATE_GROUPS}, conflicts first:" if len(groups) > MAX_DUPLICATE_GROUPS else ""
     rule = (run.summary.get("duplicates") or {}).get("rule")
     return (
         f'<h2 id="duplicates">Duplicates</h2><p>{len(groups)} groups, {len(rows)} rows, {len(bad)} groups with '
-        f"conflicting labels{f' ({_e(rule)})' if rule else ''}.{more}</p><ul>{''.join(items)}</ul>"
+        f"conflicting labels{f' ({esc(rule)})' if rule else ''}.{more}</p><ul>{''.join(items)}</ul>"
     )
 
 
-def _page(run: _Run, body: str) -> str:
+def _page(run: Run, body: str) -> str:
     s, inputs = run.summary, run.summary.get("inputs") or {}
     title = f"labelfix report: {'/'.join(run.dir.resolve().parts[-2:])}"
     ids = ["summary", "classes", "scores", "matrix", "gallery", "queue"] + ["duplicates"] * (run.dups is not None)
@@ -418,28 +275,17 @@ def _page(run: _Run, body: str) -> str:
     return (
         f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" '
         f'content="width=device-width,initial-scale=1"><meta http-equiv="Content-Security-Policy" '
-        f"content=\"default-src 'none'; img-src data:; style-src 'unsafe-inline'\"><title>{_e(title)}</title>"
-        f'<style>{CSS}</style></head><body><h1>{_e(title)}</h1><p class="muted">{_e(s.get("command", "scan"))} of '
-        f"{_e(inputs.get('images_dir') or inputs.get('labels_csv') or '?')}, {_e(s.get('created', ''))}, labelfix "
-        f"{_e(s.get('labelfix_version', '?'))}</p><nav>{nav}</nav>"
-        f'<p class="muted">{_e(notes)}</p>{body}</body></html>\n'
+        f"content=\"default-src 'none'; img-src data:; style-src 'unsafe-inline'\"><title>{esc(title)}</title>"
+        f'<style>{CSS}</style></head><body><h1>{esc(title)}</h1><p class="muted">{esc(s.get("command", "scan"))} of '
+        f"{esc(inputs.get('images_dir') or inputs.get('labels_csv') or '?')}, {esc(s.get('created', ''))}, labelfix "
+        f"{esc(s.get('labelfix_version', '?'))}</p><nav>{nav}</nav>"
+        f'<p class="muted">{esc(notes)}</p>{body}</body></html>\n'
     )
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write to a temporary file in the same folder, give it the umask's permissions, rename."""
+def write_bytes(path: Path, data: bytes) -> None:
+    """The page, atomically (files.outputs: a temporary file renamed, the umask's permissions)."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        atomic_write_bytes(path, data)
     except OSError as exc:
-        raise InputError(f"{path}: cannot write the report ({_one_line(exc)})") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        mask = os.umask(0o22)
-        os.umask(mask)  # mkstemp makes 0600 files: give the report the permissions of an ordinary new file
-        os.chmod(tmp, 0o666 & ~mask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        raise InputError(f"{path}: cannot write the report ({one_line(exc)})") from None

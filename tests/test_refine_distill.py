@@ -308,7 +308,7 @@ def test_distill_rounds_equal_repeated_runs_and_resume(digits_run, tmp_path, mon
 
     first = runs["resumed"]
     calls = []
-    real = D._distill_round
+    real = D.distill_round
 
     def interrupted(*args):
         calls.append(args[-1])
@@ -316,19 +316,19 @@ def test_distill_rounds_equal_repeated_runs_and_resume(digits_run, tmp_path, mon
             raise KeyboardInterrupt
         return real(*args)
 
-    monkeypatch.setattr(D, "_distill_round", interrupted)
+    monkeypatch.setattr(D, "distill_round", interrupted)
     with pytest.raises(KeyboardInterrupt):
         distill(first, replace(cfg, rounds=2))
     state = json.loads((first / D.ROUNDS_STATE).read_text())
     assert [r["round"] for r in state["rounds"]] == [1]
     calls.clear()
-    monkeypatch.setattr(D, "_distill_round", lambda *a: calls.append(a[-1]) or real(*a))
+    monkeypatch.setattr(D, "distill_round", lambda *a: calls.append(a[-1]) or real(*a))
     resumed = distill(first, replace(cfg, rounds=2))
     assert calls == ["distill resnet18 round 2/2"]
     assert [r["round"] for r in resumed["rounds"]] == [1, 2] and not (first / D.ROUNDS_STATE).exists()
     same(first, runs["rounds"])
     # a recorded round is not resumed once the labels have moved on (here: round 2 changed them)
-    assert state["refined_sha256"] != D._refined_sha(first)
+    assert state["refined_sha256"] != D.refined_sha(first)
     (first / D.ROUNDS_STATE).write_text(json.dumps(state))
     calls.clear()
     distill(first, replace(cfg, rounds=2))

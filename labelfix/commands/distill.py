@@ -197,7 +197,7 @@ def distill(
     report: dict = {}
     for r in range(len(done) + 1, cfg.rounds + 1):
         label = f"distill {cfg.student}" + (f" round {r}/{cfg.rounds}" if cfg.rounds > 1 else "")
-        report = _distill_round(run_dir, cfg, progress, mutual_refine, runtime, label)
+        report = distill_round(run_dir, cfg, progress, mutual_refine, runtime, label)
         done.append({"round": r, **{k: report.get(k) for k in ROUND_KEYS}})
         if mutual_refine and not report["mutual_guard"]["passed"]:
             # the labels did not move: a further round would train the same student again
@@ -207,7 +207,7 @@ def distill(
                 )
             break
         if r < cfg.rounds:
-            atomic_write_json(state_path, {"key": key, "refined_sha256": _refined_sha(run_dir), "rounds": done})
+            atomic_write_json(state_path, {"key": key, "refined_sha256": refined_sha(run_dir), "rounds": done})
             RunDir(run_dir).record([ROUNDS_STATE], "distill")
     state_path.unlink(missing_ok=True)
     report["rounds"] = done
@@ -224,17 +224,17 @@ def _rounds_done(state_path: Path, key: str, run_dir: Path) -> list[dict]:
         return []
     if not isinstance(state, dict) or not isinstance(state.get("rounds"), list):
         return []
-    if state.get("key") == key and state.get("refined_sha256") == _refined_sha(run_dir):
+    if state.get("key") == key and state.get("refined_sha256") == refined_sha(run_dir):
         return list(state["rounds"])
     return []
 
 
-def _refined_sha(run_dir: Path) -> str | None:
+def refined_sha(run_dir: Path) -> str | None:
     path = run_dir / rd.REFINED
     return sha256_file(path) if path.is_file() else None
 
 
-def _distill_round(
+def distill_round(
     run_dir: Path, cfg: DistillConfig, progress: Progress, mutual_refine: bool, runtime: Runtime, label: str
 ) -> dict:
     """One round: a fresh student on the current refined labels, saved, then the mutual round."""

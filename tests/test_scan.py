@@ -291,6 +291,28 @@ def test_cache_not_reused_for_other_labels(first_run, named_digits, tmp_path):
     assert json.loads(r.stdout)["teacher"]["cache_hit"] is False
 
 
+def test_cache_not_reused_under_another_thread_count(first_run, named_digits, tmp_path):
+    """Issue 11 defect 6: the thread count moves the teacher's numbers, so a cached teacher from
+    one setting must not be reused under another; the count is recorded in summary.json."""
+    import torch
+
+    _, out1 = first_run
+    img, csv, *_ = named_digits
+    out = tmp_path / "out"
+    shutil.copytree(out1, out)
+    before = torch.get_num_threads()
+    other = 1 if before != 1 else 2
+    try:
+        torch.set_num_threads(other)
+        r = run_cli(["scan", img, "--labels", csv, "--out", out, "--json", "--seed", "3", *FAST_CLI])
+    finally:
+        torch.set_num_threads(before)
+    assert r.exit_code == 0, stderr_of(r)
+    s = json.loads(r.stdout)
+    assert s["teacher"]["cache_hit"] is False and s["threads"] == other
+    assert json.loads((out1 / "summary.json").read_text())["threads"] == before
+
+
 # ---------------------------------------------------------------------------------------------
 # (f) --json, (g) --fail-above, (h) string classes
 

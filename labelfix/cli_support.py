@@ -98,7 +98,11 @@ def gates(result, fail_above, fail_on_new, strict) -> None:
         fail(GateFailed(f"estimated share of wrong labels {rate:.4f} exceeds --fail-above {fail_above}"))
     if fail_on_new is not None and result.baseline is not None and len(result.baseline.new) > fail_on_new:
         new = len(result.baseline.new)
-        fail(NewIssues(f"{new} new issues against --baseline {result.baseline.baseline} (--fail-on-new {fail_on_new})"))
+        fail(
+            NewIssues(
+                f"{new} new issue{'s' if new != 1 else ''} against --baseline {result.baseline.baseline} (--fail-on-new {fail_on_new})"
+            )
+        )
     if strict and result.summary.get("warnings"):
         n = len(result.summary["warnings"])
         fail(StrictWarnings(f"--strict: the run has {n} warning(s): {result.summary['warnings'][0]}"))

@@ -44,7 +44,10 @@ def write_report(
     run_dir: Path, out: Path | None = None, *, max_per_class: int = 24, max_queue: int = 500, neighbours: int = 8
 ) -> Path:
     """Write the run's HTML report (default `run_dir/report.html`) atomically and return its path. RunDirError names
-    the file when summary.json, scan.parquet or the graph is missing or unreadable, or refined.parquet is stale."""
+    the file when summary.json, scan.parquet or the graph is missing or unreadable, or refined.parquet is stale.
+    Every file is first checked against the run's manifest (files.rundir.RunDir), as refine does. A report
+    written into the run folder is listed in the manifest, so the next scan removes it with the run."""
+    checked = check_run_files(Path(run_dir))
     run = Run(Path(run_dir), neighbours)
     flagged = np.flatnonzero(run.flags)
     flagged = flagged[np.argsort(-run.score[flagged], kind="stable")]  # highest score first, ties in row order
@@ -62,7 +65,22 @@ def write_report(
     ]
     out = Path(out) if out is not None else run.dir / "report.html"
     write_bytes(out, _page(run, "".join(parts)).encode("utf-8"))
+    if out.resolve().parent == checked.path.resolve():
+        checked.record([out.name], "report")
     return out
+
+
+def check_run_files(run_dir: Path):
+    """The run's RunDir after checking what the report reads against its manifest."""
+    from labelfix.files import rundir as rd
+
+    run = rd.RunDir(run_dir)
+    summary = run.load_summary()
+    run.load_scan(summary)
+    run.load_graph(summary)
+    if (run_dir / rd.REFINED).is_file():
+        run.check_file(rd.REFINED, "run labelfix refine again")
+    return run
 
 
 def _summary_html(run: Run) -> str:

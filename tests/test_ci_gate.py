@@ -84,6 +84,9 @@ def test_report_command_and_scan_report(gate_run, tmp_path):
     )
     assert r.exit_code == 0 and (tmp_path / "run" / "report.html").is_file()
     assert "report.html" in r.stdout.strip().splitlines()[-1]  # the last line says what to open
+    # a new scan into the folder removes the report of the earlier run with its other files
+    r = run_cli(["scan", "--labels", d / "labels.csv", "--pred-probs", d / "probs.npy", "--out", tmp_path / "run"])
+    assert r.exit_code == 0 and not (tmp_path / "run" / "report.html").exists()
     r = run_cli(["report", tmp_path / "run", "--out", tmp_path / "r.html"])
     assert r.exit_code == 0 and (tmp_path / "r.html").stat().st_size > 1000
     r = run_cli(["report", tmp_path / "nope"])

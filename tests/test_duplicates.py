@@ -80,3 +80,18 @@ def test_tiny_inputs(n):
     x = np.zeros((n, 4, 4, 1), np.uint8)
     dup = find_duplicates(x, np.zeros(n, np.int64), np.ones((n, 2)) / 2)
     assert len(dup.group) == n
+
+
+def test_colour_tells_images_apart():
+    """A red and a green disc on the same background are not duplicates (a grayscale signature
+    of equal luminance made them one group)."""
+    yy, xx = np.mgrid[:16, :16]
+    disc = (yy - 8) ** 2 + (xx - 8) ** 2 < 25
+    imgs = []
+    for colour in ([200, 40, 40], [40, 120, 40]) * 3:
+        im = np.full((16, 16, 3), 230, np.uint8)
+        im[disc] = colour
+        imgs.append(im + np.random.default_rng(len(imgs)).integers(0, 3, im.shape).astype(np.uint8))
+    y = np.array([0, 1] * 3)
+    dup = find_duplicates(np.stack(imgs), y, np.eye(2)[y])
+    assert not dup.conflict.any()  # red ones may pair with red ones, never with green ones

@@ -22,6 +22,7 @@ from conftest import run_cli, stderr_of, write_csv
 from PIL import Image
 
 from labelfix.errors import RunDirError
+from labelfix.files.rundir import RunDir
 from labelfix.report import write_report
 
 CLASSES = ["<b>cat&dog</b>", "ant", "cow", "dog"]  # sorted, as scan orders class names
@@ -125,6 +126,7 @@ def test_report_before_refine_and_duplicates(probs_run, tmp_path):
     table = pq.read_table(run / "scan.parquet")
     table = table.drop_columns([c for c in ("duplicate_group", "duplicate_conflict") if c in table.column_names])
     pq.write_table(table, run / "scan.parquet")
+    RunDir(run).record(["scan.parquet"], "scan")  # the report checks files against the manifest
     page = write_report(run).read_text(encoding="utf-8")
     assert '<span class="act-' not in page and "amb – · –" in page and 'id="duplicates"' not in page
     # groups: 0 and 1 (1 with conflicting labels); -1 and null mean none
@@ -132,6 +134,7 @@ def test_report_before_refine_and_duplicates(probs_run, tmp_path):
     conflict = [False, False, True, True, True] + [False] * (table.num_rows - 5)
     table = table.append_column("duplicate_group", pa.array(group, pa.int64()))
     pq.write_table(table.append_column("duplicate_conflict", pa.array(conflict)), run / "scan.parquet")
+    RunDir(run).record(["scan.parquet"], "scan")
     page = write_report(run).read_text(encoding="utf-8")
     assert "2 groups, 5 rows, 1 groups with conflicting labels" in page
     assert page.count('class="dup"') == 2 and page.index("group 1 <b") < page.index("group 0<ul>")
@@ -153,6 +156,7 @@ def test_images_run_embeds_thumbnails(images_run, tmp_path):
     run = tmp_path / "copy" / "run"
     summary["inputs"]["images_dir"] = str(tmp_path / "copy" / "images")
     (run / "summary.json").write_text(json.dumps(summary))
+    RunDir(run).record(["summary.json"], "scan")  # as if labelfix wrote it (the report checks the manifest)
     page = write_report(run, max_per_class=3).read_text(encoding="utf-8")
     assert "data:image" not in page and 'title="no thumbnail"' in page
     # ... unless scan's decoded-image cache (runs of the auto teacher) has it
@@ -161,6 +165,7 @@ def test_images_run_embeds_thumbnails(images_run, tmp_path):
     cache.tofile(run / "cache" / "images.u8")
     summary["images"] = {"cache": "cache/images.u8", "shape": [N, 8, 8, 1]}
     (run / "summary.json").write_text(json.dumps(summary))
+    RunDir(run).record(["summary.json"], "scan")
     page = write_report(run, max_per_class=3).read_text(encoding="utf-8")
     assert page.count("data:image/png;base64,") >= len(cards)
 
@@ -175,14 +180,14 @@ def test_missing_or_broken_files_name_the_file(probs_run, tmp_path):
     assert "\n" not in str(err.value) and err.value.exit_code == 4
     shutil.copy(probs_run / "summary.json", run / "summary.json")
     (run / "graph_ids.npy").write_bytes(b"not numpy")
-    with pytest.raises(RunDirError, match=r"graph_ids\.npy: unreadable"):
+    with pytest.raises(RunDirError, match=r"graph_ids\.npy: (unreadable|changed since labelfix wrote it)"):
         write_report(run)
     (run / "graph_ids.npy").unlink()
     with pytest.raises(RunDirError, match=r"graph_ids\.npy: missing"):
         write_report(run)
     shutil.copy(probs_run / "graph_ids.npy", run / "graph_ids.npy")
     (run / "scan.parquet").write_bytes(b"PAR1 garbage")
-    with pytest.raises(RunDirError, match=r"scan\.parquet: unreadable"):
+    with pytest.raises(RunDirError, match=r"scan\.parquet: (unreadable|changed since labelfix wrote it)"):
         write_report(run)
     assert not (run / "report.html").exists()
 

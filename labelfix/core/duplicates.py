@@ -1,7 +1,7 @@
 """Exact and near-duplicate images, and duplicates whose labels conflict.
 
 - Exact: the same decoded pixels (SHA-256 of each decoded row), whatever the file name or format.
-- Near: an 8x8 grayscale signature (area-averaged, mean removed, unit norm) much closer to another
+- Near: an 8x8 signature per colour channel (area-averaged, mean removed, unit norm) much closer to another
   image's than images usually are to their nearest neighbour: distance (1 - cosine) at most
   NEAR_RATIO x the median nearest-neighbour distance of the dataset itself (rows with an exact
   copy left out of the median). The rule is relative because absolute similarity means nothing
@@ -61,18 +61,21 @@ class Duplicates:
 
 
 def pixel_hashes(images: np.ndarray) -> list[bytes]:
-    """SHA-256 (first 16 bytes) of each decoded image's pixels."""
-    return [hashlib.sha256(np.ascontiguousarray(images[i]).tobytes()).digest()[:16] for i in range(len(images))]
+    """SHA-256 of each decoded image's pixels."""
+    return [hashlib.sha256(np.ascontiguousarray(images[i]).tobytes()).digest() for i in range(len(images))]
 
 
 def signatures(images: np.ndarray) -> np.ndarray:
-    """(N, 64) float32: each image as 8x8 grayscale (area average), mean removed, unit norm."""
+    """(N, 64 x channels) float32: each image at 8x8 per channel (area average), mean removed,
+    unit norm. Colour is kept: a red and a green circle on the same background are not
+    duplicates (a grayscale signature made them one)."""
     import torch
     import torch.nn.functional as F
 
-    out = np.empty((len(images), SIGNATURE * SIGNATURE), dtype=np.float32)
+    ch = images.shape[3] if np.ndim(images) == 4 else 1
+    out = np.empty((len(images), SIGNATURE * SIGNATURE * ch), dtype=np.float32)
     for s in range(0, len(images), CHUNK):
-        x = torch.from_numpy(np.asarray(images[s : s + CHUNK], dtype=np.float32)).mean(dim=3, keepdim=True)
+        x = torch.from_numpy(np.asarray(images[s : s + CHUNK], dtype=np.float32)).reshape(-1, *images.shape[1:3], ch)
         x = F.interpolate(x.permute(0, 3, 1, 2), size=(SIGNATURE, SIGNATURE), mode="area").flatten(1)
         x = x - x.mean(dim=1, keepdim=True)
         out[s : s + CHUNK] = (x / (x.norm(dim=1, keepdim=True) + 1e-6)).numpy()

@@ -4,7 +4,8 @@ Rows are matched by path, and (image runs) by the decoded image's content hash w
 changed (a renamed or moved file is the same image). An issue is identified by its row and its
 given label: an issue whose row and label both match a baseline issue is *unchanged*; one
 without is *new* (a new row, a changed label, or a row the baseline did not flag); a baseline
-issue without a match is *fixed* (flag gone, label changed, or row removed).
+issue whose row is still there without the issue is *fixed* (flag gone or label changed); one
+whose row is gone is *removed* (deleting a row does not fix it).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ class BaselineDiff:
     new: pd.DataFrame  # rows of the current scan: path, given_label, suggested_label, issue_score
     fixed: pd.DataFrame  # rows of the baseline
     unchanged: int
+    removed: int
     matched_rows: int
     matched_by_hash: int
     rows: int
@@ -37,6 +39,7 @@ class BaselineDiff:
             "baseline": self.baseline,
             "new_issues": int(len(self.new)),
             "fixed_issues": int(len(self.fixed)),
+            "removed_issues": self.removed,
             "unchanged_issues": self.unchanged,
             "rows_matched": self.matched_rows,
             "rows_matched_by_content": self.matched_by_hash,
@@ -112,7 +115,10 @@ def diff_against(current: pd.DataFrame, base: pd.DataFrame, name: str) -> Baseli
     new = cur_issue & ~unchanged
     still = np.zeros(len(base), dtype=bool)
     still[match[unchanged]] = True
-    fixed = base_issue & ~still
+    present = np.zeros(len(base), dtype=bool)
+    present[match[has]] = True
+    fixed = base_issue & ~still & present
+    removed = int((base_issue & ~present).sum())
     cols = ["path", "given_label", "suggested_label", "issue_score"]
     new_rows = current.loc[new, cols].sort_values("issue_score", ascending=False).reset_index(drop=True)
     fixed_rows = base.loc[fixed, cols].reset_index(drop=True)
@@ -120,7 +126,16 @@ def diff_against(current: pd.DataFrame, base: pd.DataFrame, name: str) -> Baseli
     if has.sum() == 0 and len(current):
         warnings.append(f"--baseline {name}: no row matched by path or content; every issue counts as new")
     return BaselineDiff(
-        name, new_rows, fixed_rows, int(unchanged.sum()), int(has.sum()), by_hash, len(current), len(base), warnings
+        name,
+        new_rows,
+        fixed_rows,
+        int(unchanged.sum()),
+        removed,
+        int(has.sum()),
+        by_hash,
+        len(current),
+        len(base),
+        warnings,
     )
 
 
@@ -144,7 +159,8 @@ def summary_markdown(summary: dict, diff: BaselineDiff | None, top: int = 20) ->
             "",
             f"### Against the baseline `{diff.baseline}`",
             "",
-            f"**{len(diff.new)} new**, {len(diff.fixed)} fixed, {diff.unchanged} unchanged issues "
+            f"**{len(diff.new)} new**, {len(diff.fixed)} fixed, {diff.unchanged} unchanged, "
+            f"{diff.removed} removed with their rows "
             f"({diff.matched_rows} of {diff.rows} rows matched, {diff.matched_by_hash} by content).",
         ]
         if len(diff.new):

@@ -42,6 +42,7 @@ class Evidence:
     teacher_stats: dict = field(default_factory=dict)
     image_info: dict | None = None
     images: np.ndarray | None = None  # the decoded (N, H, W, C) uint8 array, for duplicates
+    row_hashes: list[bytes] | None = None  # --pred-probs with IMAGES_DIR: SHA-256 of each image file
 
 
 def given_evidence(inputs: ScanInputs, labels: LabelSet) -> Evidence:
@@ -54,9 +55,27 @@ def given_evidence(inputs: ScanInputs, labels: LabelSet) -> Evidence:
         features = load_npy(inputs.embeddings, "--embeddings", labels.n)
         hashes["embeddings_sha256"] = sha256_file(inputs.embeddings)
     emb, source = feature_space(probs, features)
-    if inputs.images_dir is not None:
-        resolve_paths(inputs.images_dir, labels, str(inputs.labels_csv))
-    return Evidence(probs, emb, source, hashes)
+    row_hashes = None
+    if inputs.images_dir is not None:  # nothing is decoded, but the files' hashes let --baseline follow renames
+        files = resolve_paths(inputs.images_dir, labels, str(inputs.labels_csv))
+        row_hashes = file_hashes(files)
+    return Evidence(probs, emb, source, hashes, row_hashes=row_hashes)
+
+
+def file_hashes(files: list[Path]) -> list[bytes]:
+    """SHA-256 of each file's bytes, read in parallel."""
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(path: Path) -> bytes:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        return h.digest()
+
+    with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
+        return list(pool.map(one, files))
 
 
 def teacher_evidence(inputs, cfg: ScanConfig, labels: LabelSet, run: RunDir, stage: Path, device, timer, progress):

@@ -73,3 +73,29 @@ def test_a_bad_baseline_is_refused_before_any_work(fixed_model, tmp_path):
             labels_csv=d / "labels.csv", pred_probs=d / "probs.npy", out=tmp_path / "r", baseline=tmp_path / "x.parquet"
         )
     assert not (tmp_path / "r").exists()
+
+
+def test_a_renamed_image_is_the_same_row_with_pred_probs(tmp_path):
+    """--pred-probs with IMAGES_DIR: files are hashed, so a renamed image is matched by content."""
+    from conftest import write_tiny_images
+
+    img = tmp_path / "images"
+    rows = write_tiny_images(img, n_per_class=30, classes=("a", "b", "c"), size=8)
+    n = len(rows)
+    rng = np.random.default_rng(0)
+    y = np.array(["abc".index(g) for _, g in rows])
+    logits = rng.normal(0, 0.5, (n, 3))
+    logits[np.arange(n), (y + (np.arange(n) % 10 == 0)) % 3] += 3.0  # the model disagrees with every 10th label
+    np.save(tmp_path / "p.npy", (np.exp(logits) / np.exp(logits).sum(1, keepdims=True)).astype(np.float32))
+    csv = write_csv(tmp_path / "labels.csv", ("path", "label"), rows)
+    base = labelfix.scan(img, labels_csv=csv, pred_probs=tmp_path / "p.npy", out=tmp_path / "base")
+    flagged = [p for p, f in zip(base.table["path"], base.table["is_issue"]) if f]
+    assert flagged
+    old = flagged[0]
+    (img / old).rename(img / ("renamed-" + old.replace("/", "-")))
+    rows2 = [(("renamed-" + p.replace("/", "-")) if p == old else p, g) for p, g in rows]
+    csv2 = write_csv(tmp_path / "labels2.csv", ("path", "label"), rows2)
+    res = labelfix.scan(
+        img, labels_csv=csv2, pred_probs=tmp_path / "p.npy", out=tmp_path / "r", baseline=tmp_path / "base"
+    )
+    assert len(res.baseline.new) == 0 and len(res.baseline.fixed) == 0 and res.baseline.matched_by_hash == 1

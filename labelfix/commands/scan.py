@@ -168,7 +168,7 @@ def scan(inputs: ScanInputs, cfg: ScanConfig, out: Path, progress: Progress | No
                 gamma=cfg.gamma,
                 seed=cfg.seed,
             )
-        dup, hashes = None, None
+        dup, hashes = None, ev.row_hashes  # decoded pixels below, else the files (--pred-probs)
         if ev.images is not None:
             with timer("duplicates"):
                 hashes = pixel_hashes(ev.images)

@@ -123,6 +123,11 @@ def test_skip_unreadable_leaves_corrupt_images_out(tiny_dataset, tmp_path):
     assert r.exit_code == 0, stderr_of(r)
     s = json.loads((out / "summary.json").read_text())
     assert [x["path"] for x in s["skipped_unreadable"]] == [str(victim.relative_to(root))]
+    # refine runs on it, and the skipped row stays in labels.refined.csv as it was
+    r = run_cli(["refine", out])
+    assert r.exit_code == 0, stderr_of(r)
+    refined = (out / "labels.refined.csv").read_text()
+    assert refined.count("\n") == csv.read_text().count("\n") and victim.name in refined
 
 
 def test_progress_lines_when_stderr_is_redirected(digits200, tmp_path):

@@ -198,11 +198,20 @@ def refined_csv(summary: dict, df, labels: np.ndarray, action: np.ndarray, drop_
         path_col, col = inp.get("path_col", "path"), inp.get("label_col", "label")
         if path_col not in user.columns or col not in user.columns:
             raise RunDirError(f"{src}: columns {path_col!r}/{col!r} gone since the scan; run labelfix scan again")
-        if len(user) != len(df) or (user[path_col].str.strip().to_numpy() != df["path"].to_numpy()).any():
+        # rows scan left out (--skip-unreadable) stay in the CSV as they are
+        skipped = {int(x["row"]) - 2 for x in summary.get("skipped_unreadable") or []}
+        scanned = np.array([i not in skipped for i in range(len(user))], dtype=bool)
+        paths = user[path_col].str.strip().to_numpy()[scanned]
+        if len(paths) != len(df) or (paths != df["path"].to_numpy()).any():
             raise RunDirError(f"{src}: changed since the scan (rows differ); run labelfix scan again")
-        user[col] = np.where(action == "relabel", labels, user[col].to_numpy())
+        new = user[col].to_numpy().copy()
+        new[scanned] = np.where(action == "relabel", labels, new[scanned])
+        user[col] = new
+        review = np.zeros(len(user), dtype=bool)
+        review[scanned] = action == "review"
     else:
         user = pd.DataFrame({"path": df["path"].to_numpy(), "label": labels})
+        review = action == "review"
     if drop_review:
-        user = user[action != "review"]
+        user = user[~review]
     return user.to_csv(index=False).encode()

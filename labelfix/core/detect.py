@@ -22,8 +22,10 @@ old AND rule (Confident Learning allocation, argmax != given, GMM clean < 0.5) r
 1.000 of cleanlab's best filter; this posterior 1.002 to 1.014; with clustered embeddings that
 carry more than the probabilities it beats Datalab(features) where the old rule fell 13% short.
 
-Memory is O(N (k + C)); the pool weights and temperature are fitted on a seeded sample of at
-most max(20,000, 10^6 / C) rows, so the fit's cost does not grow with N.
+Memory is O(N (k + C)) up to labelfix.core.sparse.SPARSE_ABOVE classes; above, the same steps
+run on each row's candidate classes (labelfix.core.detect_sparse): O(N (k + m)). The pool
+weights and temperature are fitted on a seeded sample of at most max(20,000, 10^6 / C) rows, so
+the fit's cost does not grow with N.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from labelfix.core.selection import confident_joint
+from labelfix.core.sparse import is_sparse
 
 _EPS = 1e-6
 
@@ -45,6 +48,7 @@ class Detection:
     posterior: (N, C) P(true class | evidence, given label); rows sum to 1.
     evidence: (N, C) the fitted clean-class posterior pi (pooled experts).
     vote: (N, C) the graph's vote of the neighbours' labels (weighted by their clean posterior).
+    Above SPARSE_ABOVE classes these three are scores on each row's `candidates` (sparse).
     flags: (N,) p_wrong >= threshold.
     threshold: the plug-in F1-optimal threshold on p_wrong.
     transition: (C, C) T[j, k] = P(given k | true j).
@@ -63,6 +67,10 @@ class Detection:
     temperature: float
     expert_names: tuple = field(default=())
     iterations: int = 1
+    # Above SPARSE_ABOVE classes (labelfix.core.detect_sparse): posterior, evidence and vote are
+    # labelfix.core.sparse.Scores on these candidates, and `teacher` is the probabilities' TopM.
+    candidates: object = None
+    teacher: object = None
 
     def report(self) -> dict:
         """The fitted constants, for summary.json."""
@@ -179,6 +187,10 @@ def detect(
     """
     n, c = probs.shape
     y = np.asarray(y, dtype=np.int64)
+    if is_sparse(c):
+        from labelfix.core.detect_sparse import detect_sparse
+
+        return detect_sparse(probs, y, ids, sims, graph_independent, extra, gamma, seed, fit_rows, rounds, more_graphs)
     rng = np.random.default_rng([seed, 2024])
     # The likelihood surface over the pool weights is flat near its top: a 20,000-row sample of
     # CIFAR-10S EfficientNet-B1 moved the weights 0.5/0.5 -> 0.3/0.7 and flag F1 0.957 -> 0.943.

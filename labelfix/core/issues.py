@@ -15,6 +15,7 @@ from labelfix.core.detect import Detection, detect, neighbour_vote
 from labelfix.core.graph import KnnGraph
 from labelfix.core.scoring import alternative_label, label_quality
 from labelfix.core.selection import NoiseEstimate, confident_joint, per_sample_loss, small_loss_mask
+from labelfix.core.sparse import TopM, is_sparse, vote_argmax
 from labelfix.errors import WeakTeacher
 
 
@@ -46,13 +47,29 @@ class Issues:
     check: dict  # the weak-teacher check
     warnings: tuple[str, ...]
     graph_from_probs: bool
+    teacher_top: TopM | None = None  # above SPARSE_ABOVE classes: the probabilities' top-m (scan.parquet)
 
     @property
     def clean_prob(self) -> np.ndarray:
         return (1.0 - self.p_wrong).astype(np.float32)
 
+    def dense_posterior(self) -> np.ndarray:
+        """(N, C) posterior; densified above SPARSE_ABOVE classes (N x C float32: image runs need it
+        for the duplicates' consensus)."""
+        det = self.detection
+        if det.candidates is None:
+            return self.posterior
+        from labelfix.core.detect_sparse import dense_rows
+
+        return dense_rows(self.posterior, det.candidates)
+
     def noise_matrix(self, y: np.ndarray) -> np.ndarray:
         """(C, C) mean of P(true class | x, given) over the rows given each class."""
+        det = self.detection
+        if det.candidates is not None:
+            from labelfix.core.detect_sparse import noise_matrix
+
+            return noise_matrix(self.posterior, det.candidates, np.asarray(y, dtype=np.int64), det.transition)
         c = self.posterior.shape[1]
         sums = np.zeros((c, c))
         np.add.at(sums, y, self.posterior)
@@ -80,7 +97,11 @@ def teacher_gate(
     from labelfix.models.teacher import agreement_check, weak_teacher_message
 
     check = agreement_check(probs, y, num_classes)
-    if with_features:
+    if with_features and is_sparse(num_classes):
+        vote = _agreement_of(vote_argmax(graph.ids, graph.sims, y, num_classes, gamma), y, num_classes)
+        check = dict(check, embedding_vote=vote, weak=bool(check["weak"] and vote["weak"]))
+        source += " and the neighbours' labels in the embedding graph"
+    elif with_features:
         ones = np.ones(len(y))
         vote = agreement_check(neighbour_vote(graph.ids, graph.sims, y, num_classes, ones, gamma), y, num_classes)
         check = dict(check, embedding_vote=vote, weak=bool(check["weak"] and vote["weak"]))
@@ -96,6 +117,30 @@ def teacher_gate(
             "the weak-teacher check was skipped; flags are unreliable"
         )
     return check, warnings
+
+
+def _agreement_of(pred: np.ndarray, y: np.ndarray, num_classes: int) -> dict:
+    """labelfix.models.agreement.agreement_check of predicted classes, without the (N, C) rows it
+    takes the argmax of: the same counts and test, on a template of its record."""
+    from labelfix.models.agreement import agreement_check, binomial_excess_p, majority_share
+
+    record = agreement_check(np.eye(num_classes)[:1], y[:1], num_classes)  # the record's fixed fields
+    n, alpha = len(y), record["alpha"]
+    hits = int((pred == y).sum())
+    q = np.bincount(pred, minlength=num_classes) / max(n, 1)
+    chance = float(np.dot(q, np.bincount(y, minlength=num_classes) / max(n, 1)))
+    p = binomial_excess_p(hits, n, chance)
+    testable = binomial_excess_p(n, n, chance) < alpha
+    return dict(
+        record,
+        agreement=round(hits / max(n, 1), 4),
+        chance=round(chance, 4),
+        majority_share=round(majority_share(y, num_classes), 4),
+        samples=n,
+        p_value=float(f"{p:.3g}"),
+        testable=bool(testable),
+        weak=bool(testable and p >= alpha),
+    )
 
 
 def find_issues(
@@ -124,17 +169,27 @@ def find_issues(
     noise = confident_joint(probs, y)
     small = small_loss_mask(per_sample_loss(probs, y), y, noise.rates)
     det = detect(probs, y, graph.ids, graph.sims, not graph_from_probs, gamma=gamma, seed=seed)
-    suggested = np.where(det.flags, alternative_label(det.posterior, y), y).astype(np.int64)
+    if det.candidates is not None:  # above SPARSE_ABOVE classes (labelfix.core.detect_sparse)
+        from labelfix.core import detect_sparse as ds
+
+        other, quality = (
+            ds.alternative_label(det.posterior, det.candidates),
+            ds.label_quality(det.evidence, det.candidates),
+        )
+    else:
+        other, quality = alternative_label(det.posterior, y), label_quality(det.evidence, y)
+    suggested = np.where(det.flags, other, y).astype(np.int64)
     return Issues(
         flags=det.flags,
         p_wrong=det.p_wrong,
         posterior=det.posterior,
         suggested=suggested,
-        quality=label_quality(det.evidence, y),
+        quality=quality,
         small_loss=small,
         noise=noise,
         detection=det,
         check=check,
         warnings=tuple(warnings),
         graph_from_probs=graph_from_probs,
+        teacher_top=det.teacher,
     )

@@ -133,6 +133,8 @@ def refine_arrays(
         rounds=cfg.rounds,
         more_graphs=more_graphs or {},
     )
+    if det.candidates is not None:  # above SPARSE_ABOVE classes (labelfix.core.detect_sparse)
+        return _refine_sparse(det, y, cfg)
     soft = sharpen(det.posterior, cfg.sharpen_at, cfg.temperature)
     # disagreement of the graph with the evidence actually trusted (the fitted pool), so a
     # weak model that the pool outweighs does not make every row ambiguous
@@ -147,3 +149,58 @@ def refine_arrays(
     label = np.where(action == "relabel", refined, y).astype(np.int64)
     quality = label_quality(det.evidence, y)
     return Refined(soft, refined.astype(np.int64), amb, quality, action.astype(str), label, weight, det)
+
+
+# ---------------------------------------------------------------------------------------------
+# Above SPARSE_ABOVE classes: the same rules on each row's candidates (labelfix.core.sparse), the
+# classes outside them one bucket of equal values; the soft label leaves as its top-m (TopM).
+
+
+def _entropy_on(val: np.ndarray, out: np.ndarray, valid: np.ndarray, n_out: np.ndarray) -> np.ndarray:
+    q, o = np.clip(val, 1e-12, 1.0), np.clip(out, 1e-12, 1.0)
+    return -np.where(valid, q * np.log(q), 0.0).sum(axis=1) - n_out * o * np.log(o)
+
+
+def _sparse_rows(det: Detection, cfg: RefineConfig, s) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(soft label on the candidates, its per-class value outside, ambiguity) of the rows `s`."""
+    cands, post, vote, pi = det.candidates, det.posterior, det.vote, det.evidence
+    valid, n_out, c = cands.valid(s), cands.n_out[s], cands.num_classes
+    r, r_out = np.where(valid, post.val[s], 0.0).astype(np.float64), post.out[s].astype(np.float64)
+    sharp = np.maximum(r.max(axis=1), np.where(n_out > 0, r_out, 0.0)) >= cfg.sharpen_at
+    r[sharp], r_out[sharp] = r[sharp] ** (1.0 / cfg.temperature), r_out[sharp] ** (1.0 / cfg.temperature)
+    total = r.sum(axis=1) + n_out * r_out
+    r, r_out = r / total[:, None], r_out / total
+    p, p_out, q, q_out = vote.val[s].astype(np.float64), vote.out[s], pi.val[s].astype(np.float64), pi.out[s]
+    js = (
+        _entropy_on(0.5 * (p + q), 0.5 * (p_out + q_out), valid, n_out)
+        - 0.5 * _entropy_on(p, p_out, valid, n_out)
+        - 0.5 * _entropy_on(q, q_out, valid, n_out)
+    )
+    amb = 0.5 * _entropy_on(r, r_out, valid, n_out) / np.log(c) + 0.5 * np.clip(js, 0.0, None) / np.log(2)
+    return r, r_out, np.clip(amb, 0.0, 1.0)
+
+
+def _refine_sparse(det: Detection, y: np.ndarray, cfg: RefineConfig) -> Refined:
+    from labelfix.core.detect_sparse import label_quality as quality_on
+    from labelfix.core.sparse import TOP_M, TopM, chunks
+
+    cands = det.candidates
+    n, width = cands.cls.shape
+    m = min(TOP_M, width)
+    amb = np.zeros(n, dtype=np.float32)
+    top_cls, top_val = np.zeros((n, m), dtype=np.int32), np.zeros((n, m), dtype=np.float32)
+    for s in chunks(n, width * 8):
+        r, _, amb[s] = _sparse_rows(det, cfg, s)
+        slots = np.argsort(-np.where(cands.valid(s), r, -1.0), axis=1, kind="stable")[:, :m]
+        top_cls[s] = np.take_along_axis(cands.cls[s], slots, axis=1)
+        top_val[s] = np.take_along_axis(r, slots, axis=1)
+    refined = top_cls[:, 0].astype(np.int64)
+    changed = refined != y
+    is_relabel = changed & (amb < cfg.relabel_max_ambiguity) & (top_val[:, 0] >= cfg.relabel_min_confidence)
+    action = np.full(len(y), "keep", dtype=object)
+    action[is_relabel] = "relabel"
+    action[(changed | det.flags) & ~is_relabel] = "review"
+    weight = np.where(action == "review", 0.0, 1.0 - amb).astype(np.float32)
+    label = np.where(action == "relabel", refined, y).astype(np.int64)
+    soft = TopM(top_cls, top_val, cands.num_classes)
+    return Refined(soft, refined, amb, quality_on(det.evidence, cands), action.astype(str), label, weight, det)

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from labelfix.core.sparse import chunks, is_sparse
+
 
 @dataclass(frozen=True)
 class NoiseEstimate:
@@ -45,6 +47,8 @@ def confident_joint(probs: np.ndarray, y: np.ndarray) -> NoiseEstimate:
     """
     n, c = probs.shape
     counts = np.bincount(y, minlength=c).astype(np.float64)
+    if is_sparse(c):
+        return _confident_joint_chunked(probs, y, counts)
     thresholds = np.array([probs[y == k, k].mean() if counts[k] > 0 else 1.0 for k in range(c)], dtype=np.float64)
     above = probs >= thresholds[None, :] - 1e-6
     masked = np.where(above, probs, -np.inf)
@@ -52,14 +56,39 @@ def confident_joint(probs: np.ndarray, y: np.ndarray) -> NoiseEstimate:
     has = above.any(axis=1)
     joint = np.zeros((c, c), dtype=np.float64)
     np.add.at(joint, (y[has], true_guess[has]), 1.0)
-    # Calibrate: each row sums to the number of samples given that class.
+    joint = calibrated_joint(joint, counts)
+    rates = 1.0 - np.divide(np.diag(joint), counts, out=np.ones(c), where=counts > 0)
+    rates = np.clip(rates, 0.0, 1.0)
+    return NoiseEstimate(joint, rates, thresholds)
+
+
+def calibrated_joint(joint: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Confident counts (rows given, columns true) calibrated so each row sums to the number of
+    samples given that class; a class with no confident member is assumed clean."""
+    c = len(counts)
     row = joint.sum(axis=1, keepdims=True)
     joint = np.where(row > 0, joint / np.maximum(row, 1e-12) * counts[:, None], 0.0)
     for k in range(c):  # a class with no confident member: assume it clean
         if row[k, 0] == 0 and counts[k] > 0:
             joint[k, k] = counts[k]
-    rates = 1.0 - np.divide(np.diag(joint), counts, out=np.ones(c), where=counts > 0)
-    rates = np.clip(rates, 0.0, 1.0)
+    return joint
+
+
+def _confident_joint_chunked(probs: np.ndarray, y: np.ndarray, counts: np.ndarray) -> NoiseEstimate:
+    """confident_joint above SPARSE_ABOVE classes: the same counts in chunks of rows (no N x C
+    temporaries); the thresholds are per-class means by bincount."""
+    n, c = probs.shape
+    at_y = np.asarray(probs[np.arange(n), y], dtype=np.float64)
+    thresholds = np.divide(np.bincount(y, weights=at_y, minlength=c), counts, out=np.ones(c), where=counts > 0)
+    joint = np.zeros((c, c), dtype=np.float64)
+    for s in chunks(n, c):
+        block = np.asarray(probs[s])
+        above = block >= thresholds[None, :] - 1e-6
+        true_guess = np.where(above, block, -np.inf).argmax(axis=1)
+        has = above.any(axis=1)
+        np.add.at(joint, (y[s][has], true_guess[has]), 1.0)
+    joint = calibrated_joint(joint, counts)
+    rates = np.clip(1.0 - np.divide(np.diag(joint), counts, out=np.ones(c), where=counts > 0), 0.0, 1.0)
     return NoiseEstimate(joint, rates, thresholds)
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import tracemalloc
 
 import numpy as np
+import pandas as pd
 import pytest
 
 import labelfix
@@ -132,3 +133,43 @@ def test_api_refine_labels_returns_top_m_soft_labels(world):
     assert dense.shape == probs.shape and np.allclose(dense.sum(1), 1.0, atol=1e-4)
     assert np.array_equal(dense.argmax(1), table["refined_label"].to_numpy())
     assert (np.diff(soft.probs, axis=1) <= 0).all()  # most probable first
+
+
+def test_scan_and_refine_write_top_m_columns(world, tmp_path, monkeypatch):
+    monkeypatch.setenv("LABELFIX_PROGRESS", "none")
+    _, y, probs, emb, _ = world
+    c = probs.shape[1]
+    pd.DataFrame({"path": [f"r{i}" for i in range(len(y))], "label": [f"c{k:03d}" for k in y]}).to_csv(
+        tmp_path / "labels.csv", index=False
+    )
+    np.save(tmp_path / "probs.npy", probs)
+    np.save(tmp_path / "emb.npy", emb)
+    classes = [f"c{k:03d}" for k in range(c)]
+    run = tmp_path / "run"
+    labelfix.scan(
+        out=run,
+        labels_csv=tmp_path / "labels.csv",
+        pred_probs=tmp_path / "probs.npy",
+        embeddings=tmp_path / "emb.npy",
+        classes=classes,
+    )
+    labelfix.refine(run)
+    scan = pd.read_parquet(run / "scan.parquet")
+    ref = pd.read_parquet(run / "refined.parquet")
+    assert "teacher_probs" not in scan and "soft_label" not in ref
+    assert set(sp.TOP_COLUMNS) <= set(scan) and set(sp.SOFT_COLUMNS) <= set(ref)
+    top = np.stack(scan["teacher_top_classes"].to_numpy())
+    assert top.dtype == np.int32 and top.shape == (len(y), sp.TOP_M)
+    assert np.array_equal(top[:, 0], probs.argmax(1))
+    assert np.allclose(scan["teacher_given_prob"].to_numpy(), probs[np.arange(len(y)), y], atol=1e-6)
+    # teacher-only refine runs scan's detection on what scan.parquet kept: the same numbers
+    for col in ("is_issue", "clean_prob", "label_quality"):
+        assert np.array_equal(scan[col].to_numpy(), ref[col].to_numpy()), col
+    from labelfix.commands.refine import soft_labels
+
+    soft = soft_labels(ref, c)
+    assert soft.shape == probs.shape and np.array_equal(soft.argmax(1), ref["refined_index"].to_numpy())
+    assert (run / "review.csv").is_file()
+    from labelfix.report import write_report
+
+    assert write_report(run).is_file()

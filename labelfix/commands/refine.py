@@ -14,8 +14,10 @@ from pathlib import Path
 import numpy as np
 
 from labelfix import __version__
+from labelfix.commands.scan import parquet_columns
 from labelfix.core.graph import KnnGraph, build_knn
 from labelfix.core.refine import RefineConfig, Refined, ambiguity, js_divergence, refine_arrays, sharpen
+from labelfix.core.sparse import SOFT_COLUMNS, TOP_COLUMNS, TopM, is_sparse
 from labelfix.errors import RunDirError
 from labelfix.files import rundir as rd
 from labelfix.files.outputs import atomic_write_bytes, atomic_write_json, list_column, write_parquet
@@ -89,7 +91,7 @@ def refine(
     graph = run.load_graph(summary)
     names = list(summary["class_names"])
     y = df["given_index"].to_numpy().astype(np.int64)
-    probs = list_column(df, "teacher_probs")
+    probs = teacher_probs(df, len(names), int(graph.ids.shape[1]))
     k = cfg.k or int(graph.ids.shape[1])
     extra, more_graphs, stats = student_view(run, len(y), len(names), k, mutual, progress)
     with progress.task("refine: noise posterior", total=1) as task:
@@ -109,13 +111,48 @@ def refine(
     csv_bytes = refined_csv(summary, df, names_arr[res.label], res.action, cfg.drop_review)
     stats = refine_stats(cfg, res, y, names, stats)
     with run.commit("refine") as stage:
-        write_parquet(stage / rd.REFINED, refined_table(df, y, names_arr, res), dict(meta, refine=asdict(cfg)))
+        table = parquet_columns(refined_table(df, y, names_arr, res))
+        write_parquet(stage / rd.REFINED, table, dict(meta, refine=asdict(cfg)))
         atomic_write_bytes(stage / rd.REFINED_CSV, csv_bytes)
         write_review_files(stage, refined_frame(df, names_arr, res), df, names)
         stats["time_s"] = round(time.perf_counter() - t0, 3)
         summary["refine"] = stats
         atomic_write_json(stage / rd.SUMMARY, summary)
     return stats
+
+
+def _int_rows(df, name: str) -> np.ndarray:
+    return np.stack(df[name].to_numpy()).astype(np.int32)
+
+
+def teacher_probs(df, c: int, k: int | None = None):
+    """scan.parquet's teacher probabilities: (N, C) float32 up to SPARSE_ABOVE classes; above,
+    a TopM of its top-m columns (np.asarray(...) densifies it: N x C), with the values at the
+    given label and at the graph neighbours' labels that refine's detection needs."""
+    if not is_sparse(c):
+        return list_column(df, "teacher_probs")
+    cls, probs, given, near = TOP_COLUMNS
+    near = list_column(df, near)
+    if k is not None and near.shape[1] != k:
+        raise RunDirError(
+            f"{near.shape[1]} teacher_neighbour_probs per row in scan.parquet, graph k {k}; run labelfix scan again"
+        )
+    return TopM(_int_rows(df, cls), list_column(df, probs), c, df[given].to_numpy().astype(np.float32), near)
+
+
+def soft_labels(ref, c: int) -> np.ndarray:
+    """refined.parquet's soft labels as (N, C) float32 (densified from the top-m lists above
+    SPARSE_ABOVE classes: the mass outside a row's list spread evenly)."""
+    if not is_sparse(c):
+        return list_column(ref, "soft_label")
+    cls, probs = SOFT_COLUMNS
+    return TopM(_int_rows(ref, cls), list_column(ref, probs), c).to_dense()
+
+
+def soft_columns(res: Refined) -> dict:
+    if isinstance(res.soft, TopM):
+        return dict(zip(SOFT_COLUMNS, (res.soft.classes, res.soft.probs)))
+    return {"soft_label": res.soft}
 
 
 def refined_frame(df, names: np.ndarray, res: Refined):
@@ -150,7 +187,7 @@ def refined_table(df, y: np.ndarray, names: np.ndarray, res: Refined) -> dict:
         "given_index": y,
         "refined_label": names[res.refined].astype(str),
         "refined_index": res.refined,
-        "soft_label": res.soft,
+        **soft_columns(res),
         "ambiguity": res.ambiguity,
         "label_quality": res.quality,
         "clean_prob": res.clean_prob,

@@ -172,7 +172,7 @@ def scan(inputs: ScanInputs, cfg: ScanConfig, out: Path, progress: Progress | No
         if ev.images is not None:
             with timer("duplicates"):
                 hashes = pixel_hashes(ev.images)
-                dup = find_duplicates(ev.images, labels.y, found.posterior, hashes)
+                dup = find_duplicates(ev.images, labels.y, found.dense_posterior(), hashes)
             found = with_duplicates(found, dup)
         ev.images = None
         table = scan_table(labels, ev.probs, found, dup, hashes)
@@ -186,13 +186,15 @@ def scan(inputs: ScanInputs, cfg: ScanConfig, out: Path, progress: Progress | No
             summary["warnings"] += diff.warnings
         meta = {"labelfix_version": __version__, "class_names": labels.class_names, "config": cfg.to_dict()}
         meta["seed"] = cfg.seed
+        if found.teacher_top is not None:  # above SPARSE_ABOVE classes: top-m lists (README)
+            meta["top_m"] = int(found.teacher_top.classes.shape[1])
         atomic_save_npy(stage / rd.GRAPH_IDS, graph.ids)
         atomic_save_npy(stage / rd.NOISE_MATRIX, found.noise_matrix(labels.y).astype(np.float32))
         atomic_save_npy(stage / rd.CONFIDENT_JOINT, found.noise.matrix.astype(np.float32))
         atomic_save_npy(stage / rd.GRAPH_SIMS, graph.sims)
         if inputs.pred_probs is not None:
             atomic_save_npy(stage / rd.EMBEDDINGS, ev.emb)
-        write_parquet(stage / rd.SCAN, table, meta)
+        write_parquet(stage / rd.SCAN, parquet_columns(table), meta)
         summary["timings_s"] = dict(timer.times, total=round(sum(timer.times.values()), 3))
         atomic_write_json(stage / rd.SUMMARY, summary)
     return ScanResult(Path(out), summary, table, diff)
@@ -208,6 +210,31 @@ def with_duplicates(found: Issues, dup: Duplicates) -> Issues:
     )
 
 
+def parquet_columns(table: dict) -> dict:
+    """Integer (N, m) columns as Parquet lists of int32 (write_parquet stores 2-D arrays as float32 lists)."""
+    import pyarrow as pa
+
+    out = {}
+    for name, col in table.items():
+        if isinstance(col, np.ndarray) and col.ndim == 2 and col.dtype.kind in "iu":
+            offsets = pa.array(np.arange(len(col) + 1, dtype=np.int32) * col.shape[1])
+            col = pa.ListArray.from_arrays(offsets, pa.array(np.ascontiguousarray(col, dtype=np.int32).ravel()))
+        out[name] = col
+    return out
+
+
+def teacher_columns(probs: np.ndarray, found: Issues) -> dict:
+    """teacher_probs (N x C) up to SPARSE_ABOVE classes; above, the top-m classes and their
+    probabilities (most probable first), the probability of the given label and of each graph
+    neighbour's given label (graph_ids.npy's columns): what refine's detection reads."""
+    top = found.teacher_top
+    if top is None:
+        return {"teacher_probs": probs}
+    from labelfix.core.sparse import TOP_COLUMNS
+
+    return dict(zip(TOP_COLUMNS, (top.classes, top.probs, top.given, top.neighbours)))
+
+
 def scan_table(
     labels: LabelSet, probs: np.ndarray, found: Issues, dup: Duplicates | None = None, hashes: list | None = None
 ) -> dict:
@@ -220,7 +247,7 @@ def scan_table(
         "path": labels.paths.astype(str),
         "given_label": labels.given.astype(str),
         "given_index": labels.y,
-        "teacher_probs": probs,
+        **teacher_columns(probs, found),
         "clean_prob": clean,
         "is_issue": found.flags,
         "issue_score": found.p_wrong,

@@ -175,14 +175,22 @@ class RunDir:
 
     def load_scan(self, summary: dict):
         """scan.parquet, checked against the summary: row count, class indices and probabilities."""
+        from labelfix.core.sparse import TOP_COLUMNS, is_sparse
+
         n, c = int(summary["counts"].get("samples", -1)), len(summary["class_names"])
-        df, meta = self.load_table(SCAN, SCAN_COLUMNS, n)
+        sparse = is_sparse(c)  # above SPARSE_ABOVE classes the teacher's top-m lists replace teacher_probs
+        columns = (tuple(x for x in SCAN_COLUMNS if x != "teacher_probs") + TOP_COLUMNS) if sparse else SCAN_COLUMNS
+        df, meta = self.load_table(SCAN, columns, n)
         y = df["given_index"].to_numpy()
         if len(y) and (y.min() < 0 or y.max() >= c):
             raise RunDirError(f"{self.path / SCAN}: given_index outside 0..{c - 1}; run labelfix scan again")
-        widths = {len(v) for v in df["teacher_probs"].head(1000)}
-        if widths - {c}:
-            raise RunDirError(f"{self.path / SCAN}: teacher_probs rows are not {c} long; run labelfix scan again")
+        name, width = (TOP_COLUMNS[0], meta.get("top_m")) if sparse else ("teacher_probs", c)
+        head = df[name].head(1000)
+        widths = {len(v) for v in head}
+        if widths - {width} or (sparse and any(len(v) and (v.min() < 0 or v.max() >= c) for v in head)):
+            raise RunDirError(
+                f"{self.path / SCAN}: {name} rows are not {width} classes of {c}; run labelfix scan again"
+            )
         return df, meta
 
     def load_array(self, name: str, rows: int, dtype_kind: str = "f", cols: int | None = None) -> np.ndarray:

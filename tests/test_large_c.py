@@ -173,3 +173,28 @@ def test_scan_and_refine_write_top_m_columns(world, tmp_path, monkeypatch):
     from labelfix.report import write_report
 
     assert write_report(run).is_file()
+
+
+def test_refine_with_a_student_view(world):
+    """A mutual round above the threshold: the student's probabilities and graph join the pool."""
+    from labelfix.core.refine import refine_arrays
+
+    true, y, probs, emb, g = world
+    rng = np.random.default_rng(5)
+    student = np.clip(probs + rng.dirichlet(np.ones(probs.shape[1]), len(y)).astype(np.float32), 0, None)
+    student /= student.sum(1, keepdims=True)
+    sg = _graph(emb + rng.normal(0, 0.1, emb.shape).astype(np.float32), 10)
+    res = refine_arrays(
+        y,
+        probs,
+        g.ids,
+        g.sims,
+        independent_graph=True,
+        extra={"student probabilities": student},
+        more_graphs={"student": (sg.ids, sg.sims)},
+    )
+    names = res.detection.report()["experts"]
+    assert set(names) == {"probabilities", "student probabilities", "graph vote", "student graph vote"}
+    assert res.detection.candidates.cls.shape[1] == 1 + 2 * sp.TOP_M + 20 + 10
+    assert (res.refined == true).mean() > (y == true).mean()
+    assert set(np.unique(res.action)) <= {"keep", "relabel", "review"}

@@ -128,9 +128,9 @@ def test_blocked_search_on_row_subsets_and_read_only_memmaps(tmp_path):
     np.testing.assert_allclose(g.sims, np.einsum("nd,nkd->nk", x[rows], x[g.ids]), atol=1e-5)
 
 
-def test_blocked_search_widens_lists_with_too_few_rows(monkeypatch):
-    """With one probe a list of 3 isolated rows holds fewer than k + 1 rows and must take rows
-    from its nearest other lists."""
+def test_blocked_search_completes_rows_whose_lists_are_too_small(monkeypatch):
+    """With one probe a list of 3 isolated rows holds fewer than k + 1 rows: those rows are
+    searched exactly."""
     import labelfix.core.graph as graph
 
     monkeypatch.setattr(graph, "TARGET_RECALL", 0.3)  # one probe is enough for that
@@ -153,3 +153,21 @@ def test_blocked_search_falls_back_to_exact_without_cluster_structure():
     g = build_knn(x, 10, exact_limit=1_000)  # uniform on the sphere: nearly all lists are needed
     assert g.index_kind == "flat" and g.recall is None
     assert (g.ids == build_knn(x, 10).ids).all()
+
+
+def test_same_graph_whatever_the_thread_count():
+    """Worker threads own disjoint query rows, cut the same way whatever their number."""
+    torch = pytest.importorskip("torch")
+    x = _clustered(6000, 32, seed=2)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = [build_knn(x, 10), build_knn(x, 10, exact_limit=1_000)]
+        torch.set_num_threads(3)
+        three = [build_knn(x, 10), build_knn(x, 10, exact_limit=1_000)]
+        assert torch.get_num_threads() == 3  # restored after the search
+    finally:
+        torch.set_num_threads(before)
+    for a, b in zip(one, three):
+        assert (a.ids == b.ids).all() and a.recall == b.recall
+        np.testing.assert_allclose(a.sims, b.sims, atol=1e-6)  # BLAS may round a product's last bit apart

@@ -1,24 +1,23 @@
 """kNN graph on L2-normalised embeddings (inner product = cosine similarity).
 
-On CPU the similarities are dense BLAS products (torch's, at its thread count) of a block of
-queries against a chunk of rows, and each chunk is folded into per-query heaps of the k best
-(faiss's HeapArray). faiss's own flat search was ~2x slower on 2 cores (a 12,000-row scan: the
-same neighbour sets; similarities within 3e-7, so only float ties can order differently).
+CPU: BLAS products (torch) of 512 queries x 1,024 rows, 2 MB that stay in cache, each folded into
+per-query heaps of the k best (faiss's HeapArray); in torch's thread count of worker threads whose
+calls run single-threaded (on 2 busy cores an OpenMP team of 2 waits for its second core: a
+1,024 x 360 x 128 product ran at 8 GFLOP/s, 110 in one thread). Same-run speed: tests/test_graph_speed.py.
 
-- Up to `exact_limit` rows: exact search, each block of queries against all rows.
-- Above it a cluster-blocked search: spherical k-means puts the rows into about sqrt(N) lists, and
-  the rows of a list are searched exactly among the members of the `nprobe` lists whose centroids
-  are nearest its own (its own first): one matrix product per list, whose rows share that pool.
-  Within the pool the search is exact, so the recall of a probe count is known before searching:
-  on a sample of RECALL_SAMPLE query rows searched exactly it is the share of true neighbours
-  whose list is among the query list's nprobe nearest. nprobe is the smallest reaching
-  TARGET_RECALL; after the search the recall is measured on the same sample and returned (it goes
-  into summary.json). Where that nprobe would cover more than EXACT_SHARE of all pairs (data with
-  no cluster structure at the scale of the lists), exact search is cheaper and is used instead.
-- GPU (device="cuda" with faiss-gpu and a CUDA device): faiss flat search up to `exact_limit`,
-  above it IVF-flat with nprobe doubled until the sample recall reaches TARGET_RECALL.
+- Up to `exact_limit` rows: exact search.
+- Above it an inverted file: spherical k-means puts the rows into about sqrt(N) lists; each query
+  is searched exactly among the rows of its `nprobe` nearest lists, list by list (one product of a
+  list's rows with the queries probing it). So the recall of a probe count is known in advance: on
+  RECALL_SAMPLE queries searched exactly, the share of true neighbours whose list is among their
+  query's nprobe nearest; nprobe is the smallest reaching TARGET_RECALL, and the recall is measured
+  on that sample after the search (it goes into summary.json). Where the probed lists would cover
+  more than EXACT_SHARE of the rows (no cluster structure at that scale) the search is exact, and
+  so it is for rows whose probed lists hold fewer than k + 1 rows.
+- GPU (device="cuda", faiss-gpu, a CUDA device): faiss flat search up to `exact_limit`, above it
+  IVF-flat with nprobe doubled until the sample recall reaches TARGET_RECALL.
 
-Memory: O(N (k + d)) for the rows, the lists and the result, plus one block of BLOCK similarities.
+Memory: O(N (k + d)) for the rows, lists and result, plus a few blocks per thread.
 """
 
 from __future__ import annotations
@@ -29,14 +28,14 @@ import numpy as np
 
 from labelfix.progress import NullProgress, Progress
 
-EXACT_LIMIT = 50_000  # exact search up to here (N^2 pairs: 50k x 50k x 256 in ~15 s on 2 cores)
+EXACT_LIMIT = 50_000  # exact search up to here (N^2 pairs)
 TARGET_RECALL = 0.97  # of the probe count on the sample (issue 13 asks >= 0.95)
 RECALL_SAMPLE = 1_000
 TRAIN_PER_LIST = 40  # k-means training rows per list
 KMEANS_ITERS = 10
-BLOCK = 1 << 24  # similarities computed at once (64 MB of float32)
-QUERY_ROWS = 1024  # queries per matrix product
-EXACT_SHARE = 0.6  # blocked search covering more of the N^2 pairs than this: search exactly
+TILE = (512, 1024)  # queries x rows per product
+JOB_ROWS = 65_536  # queries per job of the inverted-file search (grouped by list: O(rows x nprobe))
+EXACT_SHARE = 0.6  # probed lists covering more of the N^2 pairs than this: search exactly
 
 
 @dataclass(frozen=True)
@@ -60,61 +59,89 @@ def faiss_gpu_available() -> bool:
 
 
 # ---------------------------------------------------------------------------------------------
-# CPU: BLAS products (torch) folded into heaps (faiss)
+# CPU: BLAS products (torch) folded into heaps (faiss), in worker threads
 
 
-def _knn_among(xq, xc, ids, k: int, self_col):
-    """The k largest of xq @ xc.T in each row, sorted, never column self_col[i] in row i:
-    (sims, ids[columns]). The products go in column chunks of about BLOCK entries; each chunk
-    is folded into per-row heaps of k (faiss's HeapArray), which persist across chunks."""
+class _Workers:
+    """`threads` Python threads whose torch and faiss calls run single-threaded."""
+
+    def __init__(self, threads: int):
+        from concurrent.futures import ThreadPoolExecutor
+
+        import torch
+
+        self.pool = ThreadPoolExecutor(max(1, threads), initializer=torch.set_num_threads, initargs=(1,))
+
+    def map(self, fn, jobs: list, task=None, size=len) -> list:
+        out = []
+        for job, result in zip(jobs, self.pool.map(fn, jobs)):
+            out.append(result)
+            if task is not None:
+                task.advance(size(job))
+        return out
+
+
+def _heaps(sims: np.ndarray, ids: np.ndarray):
+    """faiss's HeapArray (min-heaps: the k largest) over the rows of sims/ids, which it updates."""
     import faiss
-    import torch
 
-    b = len(xq)
-    sims, found = np.empty((b, k), dtype=np.float32), np.empty((b, k), dtype=np.int64)
     heaps = faiss.float_minheap_array_t()
-    heaps.nh, heaps.k, heaps.val, heaps.ids = b, k, faiss.swig_ptr(sims), faiss.swig_ptr(found)
-    heaps.heapify()
-    step = max(k + 1, BLOCK // max(b, 1))
-    rows = torch.arange(b)
-    for c0 in range(0, len(xc), step):
-        block = xq @ xc[c0 : c0 + step].T
-        own = (self_col >= c0) & (self_col < c0 + block.shape[1])
-        block[rows[own], self_col[own] - c0] = -float("inf")
-        cid = np.ascontiguousarray(ids[c0 : c0 + step])
-        heaps.addn_with_ids(block.shape[1], faiss.swig_ptr(block.numpy()), faiss.swig_ptr(cid), 0, 0, b)
-    heaps.reorder()
-    return sims, found
+    heaps.nh, heaps.k, heaps.val, heaps.ids = len(sims), sims.shape[1], faiss.swig_ptr(sims), faiss.swig_ptr(ids)
+    return heaps
 
 
-def _exact(x, query, k: int, task):
-    """Exact k neighbours of the rows `query` (a tensor of row numbers) among all rows of x."""
-    ids = np.empty((len(query), k), dtype=np.int64)
-    sims = np.empty((len(query), k), dtype=np.float32)
-    every = np.arange(len(x))
-    for s in range(0, len(query), QUERY_ROWS):
-        q = query[s : s + QUERY_ROWS]
-        sims[s : s + len(q)], ids[s : s + len(q)] = _knn_among(x[q], x, every, k, q)
-        task.advance(len(q))
-    return ids, sims
+def _fold(heaps, xq, xc, ids: np.ndarray, self_col: np.ndarray) -> None:
+    """Fold xq @ xc.T into the heaps of the rows of xq (column j named ids[j]), never column
+    self_col[i] in row i (-1: none)."""
+    import faiss
+
+    for c0 in range(0, len(xc), TILE[1]):
+        block = (xq @ xc[c0 : c0 + TILE[1]].T).numpy()
+        own = np.flatnonzero((self_col >= c0) & (self_col < c0 + block.shape[1]))
+        block[own, self_col[own] - c0] = -np.inf
+        cid = np.ascontiguousarray(ids[c0 : c0 + TILE[1]])
+        heaps.addn_with_ids(block.shape[1], faiss.swig_ptr(block), faiss.swig_ptr(cid), 0, 0, len(xq))
 
 
-def _assign(x, cen):
-    """The nearest centroid (largest inner product) of every row of x."""
+def _knn_rows(x, rows: np.ndarray, k: int):
+    """Exact k neighbours (sims, ids) of x[rows] among all rows of x, themselves excluded."""
     import torch
 
-    step = max(1, BLOCK // len(cen))
-    return torch.cat([(x[s : s + step] @ cen.T).argmax(dim=1) for s in range(0, len(x), step)])
+    sims, ids = np.full((len(rows), k), -np.inf, dtype=np.float32), np.full((len(rows), k), -1, dtype=np.int64)
+    xq, every = torch.from_numpy(x.numpy()[rows]), np.arange(len(x))
+    for s in range(0, len(rows), TILE[0]):
+        e = s + TILE[0]
+        _fold(_heaps(sims[s:e], ids[s:e]), xq[s:e], x, every, rows[s:e])
+    _heaps(sims, ids).reorder()
+    return sims, ids
 
 
-def _kmeans(x, nlist: int, gen):
+def _exact(x, rows: np.ndarray, k: int, workers: _Workers, task=None):
+    """Exact k neighbours (sims, ids) of x[rows], in jobs of TILE[0] queries."""
+    jobs = [rows[s : s + TILE[0]] for s in range(0, len(rows), TILE[0])]
+    found = workers.map(lambda r: _knn_rows(x, r, k), jobs, task)
+    return np.concatenate([f[0] for f in found]), np.concatenate([f[1] for f in found])
+
+
+def _nearest_lists(x, rows, cen, p: int, workers: _Workers | None = None):
+    """The p lists (int32) whose centroids are nearest x[rows], nearest first."""
+    import torch
+
+    step = max(1, TILE[0] * TILE[1] // len(cen))
+    jobs = [rows[s : s + step] for s in range(0, len(rows), step)]
+    xn = x.numpy()
+    run = workers.map if workers is not None else lambda f, js: [f(j) for j in js]
+    return torch.cat(run(lambda r: torch.topk(torch.from_numpy(xn[r]) @ cen.T, p).indices.int(), jobs))
+
+
+def _kmeans(x, nlist: int, gen, workers: _Workers):
     """Unit-norm centroids of spherical k-means on TRAIN_PER_LIST * nlist sampled rows."""
     import torch
 
     train = x[torch.randperm(len(x), generator=gen)[: TRAIN_PER_LIST * nlist]]
     cen = train[torch.randperm(len(train), generator=gen)[:nlist]]
     for _ in range(KMEANS_ITERS):
-        lab = _assign(train, cen)
+        lab = _nearest_lists(train, np.arange(len(train)), cen, 1, workers)[:, 0].long()
         cen = torch.zeros_like(cen).index_add_(0, lab, train)
         empty = torch.bincount(lab, minlength=nlist) == 0
         cen[empty] = train[torch.randint(len(train), (int(empty.sum()),), generator=gen)]
@@ -124,65 +151,73 @@ def _kmeans(x, nlist: int, gen):
 
 @dataclass
 class _Plan:
-    lab: object  # (N,) list of every row
-    probes: list  # for each list, the lists its rows are searched among, nearest (itself) first
+    cen: object  # (nlist, d) unit-norm list centroids
+    own: np.ndarray  # (N,) the list of every row (its nearest centroid)
     nprobe: int
-    at: object  # sorted positions in `query` of the sample that measures the recall
-    truth: object  # the exact neighbours of that sample
+    at: np.ndarray  # sorted positions in `query` of the sample that measures the recall
+    truth: np.ndarray  # the exact neighbours of that sample
 
     @property
     def kind(self) -> str:
-        return f"blocked{len(self.probes)},nprobe{self.nprobe}"
+        return f"blocked{len(self.cen)},nprobe{self.nprobe}"
 
 
-def _plan(x, k: int, query, seed: int = 0) -> _Plan | None:
+def _plan(x, k: int, query: np.ndarray, workers: _Workers, seed: int = 0) -> _Plan | None:
     """k-means lists and the smallest probe count whose recall on a sample reaches TARGET_RECALL;
     None where searching those lists would cost more than EXACT_SHARE of exact search."""
     import torch
 
-    gen = torch.Generator().manual_seed(seed)
-    n = len(x)
+    gen, n = torch.Generator().manual_seed(seed), len(x)
     nlist = int(max(16, min(4096, 2 ** round(np.log2(np.sqrt(n))))))
-    cen = _kmeans(x, nlist, gen)
-    lab = _assign(x, cen)
-    at = torch.randperm(len(query), generator=gen)[:RECALL_SAMPLE].sort().values
-    truth = torch.from_numpy(_knn_among(x[query[at]], x, np.arange(n), k, query[at])[1])
-    near = cen @ cen.T
-    near.fill_diagonal_(2.0)  # a list is its own nearest
-    own = near[lab[query[at]]]
-    # the rank of a true neighbour's list among its query's list's lists (0: the same list)
-    ranks = torch.searchsorted(torch.sort(-own, dim=1).values, -torch.gather(own, 1, lab[truth])).flatten()
+    cen = _kmeans(x, nlist, gen, workers)
+    own = _nearest_lists(x, np.arange(n), cen, 1, workers)[:, 0].numpy().astype(np.int64)
+    at = np.sort(torch.randperm(len(query), generator=gen)[:RECALL_SAMPLE].numpy())
+    truth = _exact(x, query[at], k, workers)[1]
+    near = torch.from_numpy(x.numpy()[query[at]]) @ cen.T
+    # the rank of a true neighbour's list among its query's lists, nearest first (0: the nearest)
+    theirs = torch.gather(near, 1, torch.from_numpy(own[truth]))
+    ranks = torch.searchsorted(torch.sort(-near, dim=1).values, -theirs).flatten()
     nprobe = int(ranks.sort().values[int(np.ceil(TARGET_RECALL * len(ranks))) - 1]) + 1
-    sizes = torch.bincount(lab, minlength=nlist)
-    probes = list(torch.topk(near, nprobe, dim=1).indices)
-    for a in torch.nonzero(sizes[torch.stack(probes)].sum(dim=1) <= k).flatten().tolist():
-        order = torch.argsort(near[a], descending=True)  # too few rows: widen to k + 1
-        probes[a] = order[: int(torch.searchsorted(torch.cumsum(sizes[order], 0), k + 1)) + 1]
-    pairs = sum(int(q) * int(sizes[p].sum()) for q, p in zip(torch.bincount(lab[query], minlength=nlist), probes))
-    return None if pairs > EXACT_SHARE * len(query) * n else _Plan(lab, probes, nprobe, at, truth)
+    sizes = torch.from_numpy(np.bincount(own, minlength=nlist))
+    pool = float(sizes[torch.topk(near, nprobe).indices].sum(dim=1).double().mean())  # rows per query
+    return None if pool > EXACT_SHARE * n else _Plan(cen, own, nprobe, at, truth)
 
 
-def _blocked(x, query, k: int, plan: _Plan, task):
-    """The k neighbours of the rows `query`, each searched exactly among its list's probed lists."""
+def _blocked(x, query: np.ndarray, k: int, plan: _Plan, workers: _Workers, task):
+    """The k neighbours of x[query], each searched exactly among the rows of its nprobe nearest
+    lists; in jobs of up to JOB_ROWS queries, each going over the lists its queries probe."""
     import torch
 
-    order = torch.argsort(plan.lab, stable=True)  # rows grouped by list
-    members = torch.split(order, torch.bincount(plan.lab, minlength=len(plan.probes)).tolist())
-    out_row = torch.full((len(x),), -1, dtype=torch.int64)
-    out_row[query] = torch.arange(len(query))
-    ids = np.empty((len(query), k), dtype=np.int64)
-    sims = np.empty((len(query), k), dtype=np.float32)
-    for lst, probes in enumerate(plan.probes):
-        local = torch.nonzero(out_row[members[lst]] >= 0).flatten()  # its queried rows, as pool columns
-        if not len(local):
-            continue
-        pool = torch.cat([members[m] for m in probes.tolist()])  # its own rows first
-        xp = x[pool]
-        for s in range(0, len(local), QUERY_ROWS):
-            q = local[s : s + QUERY_ROWS]
-            rows = out_row[members[lst][q]].numpy()
-            sims[rows], ids[rows] = _knn_among(xp[q], xp, pool.numpy(), k, q)
-        task.advance(len(local))
+    xn, own = x.numpy(), plan.own
+    order = np.argsort(own, kind="stable")  # rows grouped by list
+    starts = np.concatenate([[0], np.cumsum(np.bincount(own, minlength=len(plan.cen)))])
+    slot = np.empty_like(order)  # place of each row in its list
+    slot[order] = np.arange(len(order)) - starts[own[order]]
+    sims, ids = np.full((len(query), k), -np.inf, dtype=np.float32), np.full((len(query), k), -1, dtype=np.int64)
+
+    per = min(JOB_ROWS, max(TILE[0], -(-len(query) // 8)))  # 8 jobs or more, whatever the threads
+
+    def job(lo: int) -> None:
+        hi = min(lo + per, len(query))
+        asked = _nearest_lists(x, query[lo:hi], plan.cen, plan.nprobe).numpy().ravel()
+        by_list = np.argsort(asked, kind="stable")
+        bounds = np.searchsorted(asked[by_list], np.arange(len(plan.cen) + 1))
+        for m in np.flatnonzero(np.diff(bounds)):
+            askers = lo + by_list[bounds[m] : bounds[m + 1]] // plan.nprobe  # output rows
+            cols = order[starts[m] : starts[m + 1]]
+            xc = torch.from_numpy(xn[cols])
+            for s in range(0, len(askers), TILE[0]):
+                o = askers[s : s + TILE[0]]
+                r = query[o]
+                v, i = sims[o], ids[o]
+                _fold(_heaps(v, i), torch.from_numpy(xn[r]), xc, cols, np.where(own[r] == m, slot[r], -1))
+                sims[o], ids[o] = v, i
+        _heaps(sims[lo:hi], ids[lo:hi]).reorder()
+
+    workers.map(job, list(range(0, len(query), per)), task, size=lambda lo: min(per, len(query) - lo))
+    short = np.flatnonzero(ids[:, -1] < 0)  # its lists held fewer than k + 1 rows: search exactly
+    if len(short):
+        sims[short], ids[short] = _exact(x, query[short], k, workers)
     return ids, sims
 
 
@@ -228,7 +263,6 @@ def _search(index, emb: np.ndarray, query: np.ndarray, k: int, chunk: int, task=
 def _gpu_ivf(emb: np.ndarray, k: int, chunk: int, seed: int = 0):
     """A GPU IVF-flat index over emb with nprobe doubled up to TARGET_RECALL; (index, kind, recall)."""
     import faiss
-    import torch
 
     n, d = emb.shape
     nlist = int(max(16, min(65_536, 2 ** round(np.log2(np.sqrt(n))))))
@@ -241,8 +275,7 @@ def _gpu_ivf(emb: np.ndarray, k: int, chunk: int, seed: int = 0):
     for s in range(0, n, chunk):
         index.add(np.ascontiguousarray(emb[s : s + chunk]))
     sample = np.sort(rng.choice(n, size=min(n, RECALL_SAMPLE), replace=False))
-    q = torch.from_numpy(sample)
-    exact = _knn_among(_as_tensor(emb[sample]), _as_tensor(emb), np.arange(n), k, q)[1]
+    exact = _knn_rows(_as_tensor(emb), sample, k)[1]
     nprobe = 1
     while True:
         index.nprobe = nprobe
@@ -259,10 +292,8 @@ def _build_gpu(emb: np.ndarray, k: int, query: np.ndarray, exact_limit: int, chu
 
     recall = None
     if len(emb) <= exact_limit:
-        index, kind = (
-            faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, faiss.IndexFlatIP(emb.shape[1])),
-            "gpu-flat",
-        )
+        index, kind = faiss.IndexFlatIP(emb.shape[1]), "gpu-flat"
+        index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
         for s in range(0, len(emb), chunk):
             index.add(np.ascontiguousarray(emb[s : s + chunk]))
     else:
@@ -273,13 +304,10 @@ def _build_gpu(emb: np.ndarray, k: int, query: np.ndarray, exact_limit: int, chu
     return KnnGraph(ids, sims, kind, recall)
 
 
-# ---------------------------------------------------------------------------------------------
-
-
 def _measured_recall(ids: np.ndarray, plan: _Plan) -> float:
     """recall@k of the graph's rows for the plan's sample against their exact neighbours."""
-    hits = sum(len(set(a) & set(e)) for a, e in zip(ids[plan.at.numpy()].tolist(), plan.truth.tolist()))
-    return round(hits / max(1, plan.truth.numel()), 4)
+    hits = sum(len(set(a) & set(e)) for a, e in zip(ids[plan.at].tolist(), plan.truth.tolist()))
+    return round(hits / max(1, plan.truth.size), 4)
 
 
 def build_knn(
@@ -310,18 +338,26 @@ def build_knn(
 def _build_cpu(emb: np.ndarray, k: int, query: np.ndarray, exact_limit: int, progress) -> KnnGraph:
     import torch
 
-    x, q = _as_tensor(emb), torch.from_numpy(np.ascontiguousarray(query))
-    if k == 0 or len(q) == 0:
-        return KnnGraph(np.zeros((len(q), k), np.int64), np.zeros((len(q), k), np.float32), "flat")
-    plan = None
-    if len(x) > exact_limit:
-        with progress.task("kNN lists (k-means, probe count tuned on a sample)", total=None):
-            plan = _plan(x, k, q)
-    kind = "flat" if plan is None else plan.kind
-    with progress.task(f"kNN graph ({kind})", total=len(query)) as task:
-        ids, sims = _exact(x, q, k, task) if plan is None else _blocked(x, q, k, plan, task)
-    recall = None if plan is None else _measured_recall(ids, plan)
-    return KnnGraph(ids, sims, kind, recall)
+    if k == 0 or len(query) == 0:
+        return KnnGraph(np.zeros((len(query), k), np.int64), np.zeros((len(query), k), np.float32), "flat")
+    x, threads = _as_tensor(emb), torch.get_num_threads()
+    workers = _Workers(threads)
+    torch.set_num_threads(1)  # this thread's calls too
+    try:
+        plan = None
+        if len(x) > exact_limit:
+            with progress.task("kNN lists (k-means, probe count tuned on a sample)", total=None):
+                plan = _plan(x, k, query, workers)
+        kind = "flat" if plan is None else plan.kind
+        with progress.task(f"kNN graph ({kind})", total=len(query)) as task:
+            if plan is None:
+                sims, ids = _exact(x, query, k, workers, task)
+            else:
+                ids, sims = _blocked(x, query, k, plan, workers, task)
+    finally:
+        workers.pool.shutdown()
+        torch.set_num_threads(threads)
+    return KnnGraph(ids, sims, kind, None if plan is None else _measured_recall(ids, plan))
 
 
 def build_knn_out_of_fold(

@@ -38,7 +38,7 @@ import numpy as np
 from labelfix.core.selection import confident_joint
 from labelfix.core.sparse import is_sparse
 
-_EPS = 1e-6
+PROB_FLOOR = 1e-6  # probabilities are clipped here before their log
 
 
 @dataclass(frozen=True)
@@ -118,7 +118,7 @@ def _pool(logs: list[np.ndarray], weights, temperature: float) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def _weight_grid(n_experts: int):
+def weight_grid(n_experts: int):
     steps = 10 if n_experts <= 2 else 5  # 11 points for two experts, 56 for four
     if n_experts == 1:
         yield (1.0,)
@@ -134,10 +134,10 @@ TEMPERATURES = np.exp(np.linspace(np.log(0.05), np.log(4.0), 31))
 def fit_pool(experts: list[np.ndarray], y: np.ndarray, transition: np.ndarray, rows: np.ndarray) -> tuple[tuple, float]:
     """Pool weights (on a simplex grid, step 0.1) and temperature maximising the likelihood of
     the given labels under the noise model, on the sample `rows`."""
-    logs = [np.log(np.clip(e[rows], _EPS, 1.0)) for e in experts]
+    logs = [np.log(np.clip(e[rows], PROB_FLOOR, 1.0)) for e in experts]
     t_y = transition[:, y[rows]].T
     best = (-np.inf, None, 1.0)
-    for w in _weight_grid(len(experts)):
+    for w in weight_grid(len(experts)):
         for t in TEMPERATURES:
             ll = float(np.log(np.maximum((_pool(logs, w, t) * t_y).sum(axis=1), 1e-300)).mean())
             if ll > best[0]:
@@ -210,7 +210,7 @@ def detect(
     first = start[int(np.argmax([(e.argmax(axis=1) == y).mean() for e in start]))]
     transition = transition_from_joint(confident_joint(first, y).joint)
     w, t = fit_pool([first], y, transition, rows)
-    pi = _pool([np.log(np.clip(first, _EPS, 1.0))], w, t)
+    pi = _pool([np.log(np.clip(first, PROB_FLOOR, 1.0))], w, t)
     p_wrong, post = posterior_wrong(pi, y, transition)
     rounds = max(1, rounds) if graph_independent else 1
     for r in range(rounds):
@@ -220,7 +220,7 @@ def detect(
         if r > 0:
             transition = transition_from_joint(confident_joint(pi, y).joint)
         w, t = fit_pool(experts, y, transition, rows)
-        pi = _pool([np.log(np.clip(e, _EPS, 1.0)) for e in experts], w, t)
+        pi = _pool([np.log(np.clip(e, PROB_FLOOR, 1.0)) for e in experts], w, t)
         p_wrong, post = posterior_wrong(pi, y, transition)
     # A flag says "probably wrong": never below P(wrong) = 1/2, even where the plug-in F1 optimum
     # is lower. With flat evidence (uniform probabilities) that optimum flagged 89% of the rows

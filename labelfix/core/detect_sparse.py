@@ -13,15 +13,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from labelfix.core.detect import _EPS, TEMPERATURES, Detection, _weight_grid, f1_threshold, transition_from_joint
+from labelfix.core.detect import PROB_FLOOR, TEMPERATURES, Detection, f1_threshold, transition_from_joint, weight_grid
 from labelfix.core.selection import calibrated_joint
 from labelfix.core.sparse import TOP_M, Candidates, Scores, TopM, candidates, chunks, probs_on, top_m, vote_on
 
 
 def _logs(scores: Scores, s=slice(None)) -> tuple[np.ndarray, np.ndarray]:
     return (
-        np.log(np.clip(scores.val[s].astype(np.float64), _EPS, 1.0)),
-        np.log(np.clip(scores.out[s].astype(np.float64), _EPS, 1.0)),
+        np.log(np.clip(scores.val[s].astype(np.float64), PROB_FLOOR, 1.0)),
+        np.log(np.clip(scores.out[s].astype(np.float64), PROB_FLOOR, 1.0)),
     )
 
 
@@ -55,7 +55,7 @@ def fit_pool(experts: list[Scores], cands: Candidates, y, transition, rows) -> t
     t_s, t_out = cands.transition_at(transition, y, rows)
     t_s = t_s.astype(np.float32)
     best = (-np.inf, None, 1.0)
-    for w in _weight_grid(len(experts)):
+    for w in weight_grid(len(experts)):
         z = np.where(valid, sum(wi * lg[0] for wi, lg in zip(w, logs)), -np.inf)
         z_out = sum(wi * lg[1] for wi, lg in zip(w, logs))
         top = np.maximum(z.max(axis=1), np.where(n_out > 0, z_out, -np.inf))

@@ -1,27 +1,25 @@
 """kNN graph on L2-normalised embeddings (inner product = cosine similarity).
 
-CPU: BLAS products (torch) of 512 queries x 1,024 rows, 2 MB that stay in cache, each folded into
-per-query heaps of the k best (faiss's HeapArray); in torch's thread count of worker threads whose
-calls run single-threaded (on 2 busy cores an OpenMP team of 2 waits for its second core: a
-1,024 x 360 x 128 product ran at 8 GFLOP/s, 110 in one thread). Same-run speed: tests/test_graph_speed.py.
-
-- Up to `exact_limit` rows: exact search.
-- Above it an inverted file: spherical k-means puts the rows into about sqrt(N) lists; each query
-  is searched exactly among the rows of its `nprobe` nearest lists, list by list (one product of a
-  list's rows with the queries probing it). So the recall of a probe count is known in advance: on
-  RECALL_SAMPLE queries searched exactly, the share of true neighbours whose list is among their
-  query's nprobe nearest; nprobe is the smallest reaching TARGET_RECALL, and the recall is measured
-  on that sample after the search (it goes into summary.json). Where the probed lists would cover
-  more than EXACT_SHARE of the rows (no cluster structure at that scale) the search is exact, and
-  so it is for rows whose probed lists hold fewer than k + 1 rows.
-- GPU (device="cuda", faiss-gpu, a CUDA device): faiss flat search up to `exact_limit`, above it
-  IVF-flat with nprobe doubled until the sample recall reaches TARGET_RECALL.
-
+CPU: BLAS products (torch) of 512 queries x 1,024 rows (2 MB, in cache) folded into per-query
+heaps of the k best (faiss's HeapArray), by torch's thread count of worker threads whose calls run
+single-threaded (on 2 busy cores an OpenMP team of 2 waits for its second core: a 1,024 x 360 x
+128 product ran at 8 GFLOP/s, 110 in one thread). Same-run speeds: tests/test_graph_speed.py.
+Up to `exact_limit` rows the search is exact. Above it, an inverted file: spherical k-means puts
+the rows into ~sqrt(N) lists; each query is searched exactly among the rows of its `nprobe`
+nearest lists, list by list (one product of a list's rows with the queries probing it). So the
+recall of a probe count is known in advance: on RECALL_SAMPLE queries searched exactly, the share
+of true neighbours whose list is among their query's nprobe nearest. nprobe is the smallest that
+reaches TARGET_RECALL; the recall is measured on that sample after the search (summary.json).
+Where the probed lists would hold more than EXACT_SHARE of the rows (no cluster structure at that
+scale) the search is exact, as it is for rows whose probed lists hold fewer than k + 1 rows.
+GPU (device="cuda", faiss-gpu, a CUDA device): faiss flat search up to `exact_limit`, above it
+IVF-flat with nprobe doubled until the sample recall reaches TARGET_RECALL.
 Memory: O(N (k + d)) for the rows, lists and result, plus a few blocks per thread.
 """
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,6 +34,7 @@ KMEANS_ITERS = 10
 TILE = (512, 1024)  # queries x rows per product
 JOB_ROWS = 65_536  # queries per job of the inverted-file search (grouped by list: O(rows x nprobe))
 EXACT_SHARE = 0.6  # probed lists covering more of the N^2 pairs than this: search exactly
+_LOCAL = threading.local()  # per-thread scratch buffers
 
 
 @dataclass(frozen=True)
@@ -58,27 +57,40 @@ def faiss_gpu_available() -> bool:
         return False
 
 
-# ---------------------------------------------------------------------------------------------
 # CPU: BLAS products (torch) folded into heaps (faiss), in worker threads
 
 
 class _Workers:
-    """`threads` Python threads whose torch and faiss calls run single-threaded."""
+    """`threads` Python threads whose torch and faiss calls run single-threaded (0: run inline)."""
 
     def __init__(self, threads: int):
         from concurrent.futures import ThreadPoolExecutor
 
         import torch
 
-        self.pool = ThreadPoolExecutor(max(1, threads), initializer=torch.set_num_threads, initargs=(1,))
+        self.pool = ThreadPoolExecutor(threads, initializer=torch.set_num_threads, initargs=(1,)) if threads else None
 
-    def map(self, fn, jobs: list, task=None, size=len) -> list:
-        out = []
-        for job, result in zip(jobs, self.pool.map(fn, jobs)):
-            out.append(result)
+    def map(self, fn, jobs: list, task=None, size=len) -> None:
+        for job, _ in zip(jobs, self.pool.map(fn, jobs) if self.pool else map(fn, jobs)):
             if task is not None:
                 task.advance(size(job))
-        return out
+
+
+def _scratch(name: str, rows: int, cols: int) -> np.ndarray:
+    """A float32 (rows, cols) buffer of this thread, reused: a fresh 2 MB block per product, freed
+    while small results outlived it, fragmented the heap (RSS +1.7 MB per block, 3 GB at 1M rows)."""
+    buf = getattr(_LOCAL, name, None)
+    if buf is None or buf.size < rows * cols:
+        buf = np.empty(rows * cols, dtype=np.float32)
+        setattr(_LOCAL, name, buf)
+    return buf[: rows * cols].reshape(rows, cols)
+
+
+def _gather(xn: np.ndarray, rows: np.ndarray, name: str = "rows"):
+    """xn[rows] as a tensor in this thread's buffer `name`."""
+    import torch
+
+    return torch.from_numpy(np.take(xn, rows, axis=0, out=_scratch(name, len(rows), xn.shape[1])))
 
 
 def _heaps(sims: np.ndarray, ids: np.ndarray):
@@ -90,48 +102,51 @@ def _heaps(sims: np.ndarray, ids: np.ndarray):
     return heaps
 
 
-def _fold(heaps, xq, xc, ids: np.ndarray, self_col: np.ndarray) -> None:
-    """Fold xq @ xc.T into the heaps of the rows of xq (column j named ids[j]), never column
-    self_col[i] in row i (-1: none)."""
+def _fold(heaps, xq, xc, ids: np.ndarray | None, self_col: np.ndarray) -> None:
+    """Fold xq @ xc.T into the heaps of the rows of xq (column j named ids[j], or j where ids is
+    None), never column self_col[i] in row i (-1: none)."""
     import faiss
-
-    for c0 in range(0, len(xc), TILE[1]):
-        block = (xq @ xc[c0 : c0 + TILE[1]].T).numpy()
-        own = np.flatnonzero((self_col >= c0) & (self_col < c0 + block.shape[1]))
-        block[own, self_col[own] - c0] = -np.inf
-        cid = np.ascontiguousarray(ids[c0 : c0 + TILE[1]])
-        heaps.addn_with_ids(block.shape[1], faiss.swig_ptr(block), faiss.swig_ptr(cid), 0, 0, len(xq))
-
-
-def _knn_rows(x, rows: np.ndarray, k: int):
-    """Exact k neighbours (sims, ids) of x[rows] among all rows of x, themselves excluded."""
     import torch
 
-    sims, ids = np.full((len(rows), k), -np.inf, dtype=np.float32), np.full((len(rows), k), -1, dtype=np.int64)
-    xq, every = torch.from_numpy(x.numpy()[rows]), np.arange(len(x))
-    for s in range(0, len(rows), TILE[0]):
-        e = s + TILE[0]
-        _fold(_heaps(sims[s:e], ids[s:e]), xq[s:e], x, every, rows[s:e])
-    _heaps(sims, ids).reorder()
-    return sims, ids
+    for c0 in range(0, len(xc), TILE[1]):
+        part = xc[c0 : c0 + TILE[1]]
+        block = _scratch("block", len(xq), len(part))
+        torch.mm(xq, part.T, out=torch.from_numpy(block))
+        own = np.flatnonzero((self_col >= c0) & (self_col < c0 + len(part)))
+        block[own, self_col[own] - c0] = -np.inf
+        if ids is None:
+            heaps.addn(len(part), faiss.swig_ptr(block), c0, 0, len(xq))
+        else:
+            cid = np.ascontiguousarray(ids[c0 : c0 + TILE[1]])
+            heaps.addn_with_ids(len(part), faiss.swig_ptr(block), faiss.swig_ptr(cid), 0, 0, len(xq))
 
 
 def _exact(x, rows: np.ndarray, k: int, workers: _Workers, task=None):
-    """Exact k neighbours (sims, ids) of x[rows], in jobs of TILE[0] queries."""
-    jobs = [rows[s : s + TILE[0]] for s in range(0, len(rows), TILE[0])]
-    found = workers.map(lambda r: _knn_rows(x, r, k), jobs, task)
-    return np.concatenate([f[0] for f in found]), np.concatenate([f[1] for f in found])
+    """Exact k neighbours (sims, ids) of x[rows] among all rows, in jobs of TILE[0] queries."""
+    sims, ids = np.full((len(rows), k), -np.inf, dtype=np.float32), np.full((len(rows), k), -1, dtype=np.int64)
+
+    def job(s: int) -> None:
+        e = s + TILE[0]
+        _fold(_heaps(sims[s:e], ids[s:e]), _gather(x.numpy(), rows[s:e]), x, None, rows[s:e])
+        _heaps(sims[s:e], ids[s:e]).reorder()
+
+    workers.map(job, list(range(0, len(rows), TILE[0])), task, size=lambda s: min(TILE[0], len(rows) - s))
+    return sims, ids
 
 
-def _nearest_lists(x, rows, cen, p: int, workers: _Workers | None = None):
+def _nearest_lists(x, rows, cen, p: int, workers: _Workers | None = None) -> np.ndarray:
     """The p lists (int32) whose centroids are nearest x[rows], nearest first."""
     import torch
 
-    step = max(1, TILE[0] * TILE[1] // len(cen))
-    jobs = [rows[s : s + step] for s in range(0, len(rows), step)]
-    xn = x.numpy()
-    run = workers.map if workers is not None else lambda f, js: [f(j) for j in js]
-    return torch.cat(run(lambda r: torch.topk(torch.from_numpy(xn[r]) @ cen.T, p).indices.int(), jobs))
+    step, out = max(1, TILE[0] * TILE[1] // len(cen)), np.empty((len(rows), p), dtype=np.int32)
+
+    def job(s: int) -> None:
+        block = torch.from_numpy(_scratch("block", len(rows[s : s + step]), len(cen)))
+        torch.mm(_gather(x.numpy(), rows[s : s + step]), cen.T, out=block)
+        out[s : s + step] = torch.topk(block, p).indices.numpy()
+
+    (workers or _Workers(0)).map(job, list(range(0, len(rows), step)))
+    return out
 
 
 def _kmeans(x, nlist: int, gen, workers: _Workers):
@@ -141,7 +156,7 @@ def _kmeans(x, nlist: int, gen, workers: _Workers):
     train = x[torch.randperm(len(x), generator=gen)[: TRAIN_PER_LIST * nlist]]
     cen = train[torch.randperm(len(train), generator=gen)[:nlist]]
     for _ in range(KMEANS_ITERS):
-        lab = _nearest_lists(train, np.arange(len(train)), cen, 1, workers)[:, 0].long()
+        lab = torch.from_numpy(_nearest_lists(train, np.arange(len(train)), cen, 1, workers)[:, 0].astype(np.int64))
         cen = torch.zeros_like(cen).index_add_(0, lab, train)
         empty = torch.bincount(lab, minlength=nlist) == 0
         cen[empty] = train[torch.randint(len(train), (int(empty.sum()),), generator=gen)]
@@ -157,10 +172,6 @@ class _Plan:
     at: np.ndarray  # sorted positions in `query` of the sample that measures the recall
     truth: np.ndarray  # the exact neighbours of that sample
 
-    @property
-    def kind(self) -> str:
-        return f"blocked{len(self.cen)},nprobe{self.nprobe}"
-
 
 def _plan(x, k: int, query: np.ndarray, workers: _Workers, seed: int = 0) -> _Plan | None:
     """k-means lists and the smallest probe count whose recall on a sample reaches TARGET_RECALL;
@@ -170,7 +181,7 @@ def _plan(x, k: int, query: np.ndarray, workers: _Workers, seed: int = 0) -> _Pl
     gen, n = torch.Generator().manual_seed(seed), len(x)
     nlist = int(max(16, min(4096, 2 ** round(np.log2(np.sqrt(n))))))
     cen = _kmeans(x, nlist, gen, workers)
-    own = _nearest_lists(x, np.arange(n), cen, 1, workers)[:, 0].numpy().astype(np.int64)
+    own = _nearest_lists(x, np.arange(n), cen, 1, workers)[:, 0].astype(np.int64)
     at = np.sort(torch.randperm(len(query), generator=gen)[:RECALL_SAMPLE].numpy())
     truth = _exact(x, query[at], k, workers)[1]
     near = torch.from_numpy(x.numpy()[query[at]]) @ cen.T
@@ -186,7 +197,6 @@ def _plan(x, k: int, query: np.ndarray, workers: _Workers, seed: int = 0) -> _Pl
 def _blocked(x, query: np.ndarray, k: int, plan: _Plan, workers: _Workers, task):
     """The k neighbours of x[query], each searched exactly among the rows of its nprobe nearest
     lists; in jobs of up to JOB_ROWS queries, each going over the lists its queries probe."""
-    import torch
 
     xn, own = x.numpy(), plan.own
     order = np.argsort(own, kind="stable")  # rows grouped by list
@@ -194,23 +204,21 @@ def _blocked(x, query: np.ndarray, k: int, plan: _Plan, workers: _Workers, task)
     slot = np.empty_like(order)  # place of each row in its list
     slot[order] = np.arange(len(order)) - starts[own[order]]
     sims, ids = np.full((len(query), k), -np.inf, dtype=np.float32), np.full((len(query), k), -1, dtype=np.int64)
-
     per = min(JOB_ROWS, max(TILE[0], -(-len(query) // 8)))  # 8 jobs or more, whatever the threads
 
     def job(lo: int) -> None:
         hi = min(lo + per, len(query))
-        asked = _nearest_lists(x, query[lo:hi], plan.cen, plan.nprobe).numpy().ravel()
+        asked = _nearest_lists(x, query[lo:hi], plan.cen, plan.nprobe).ravel()
         by_list = np.argsort(asked, kind="stable")
         bounds = np.searchsorted(asked[by_list], np.arange(len(plan.cen) + 1))
         for m in np.flatnonzero(np.diff(bounds)):
             askers = lo + by_list[bounds[m] : bounds[m + 1]] // plan.nprobe  # output rows
             cols = order[starts[m] : starts[m + 1]]
-            xc = torch.from_numpy(xn[cols])
+            xc = _gather(xn, cols, "cols")
             for s in range(0, len(askers), TILE[0]):
                 o = askers[s : s + TILE[0]]
-                r = query[o]
-                v, i = sims[o], ids[o]
-                _fold(_heaps(v, i), torch.from_numpy(xn[r]), xc, cols, np.where(own[r] == m, slot[r], -1))
+                r, v, i = query[o], sims[o], ids[o]
+                _fold(_heaps(v, i), _gather(xn, r), xc, cols, np.where(own[r] == m, slot[r], -1))
                 sims[o], ids[o] = v, i
         _heaps(sims[lo:hi], ids[lo:hi]).reorder()
 
@@ -226,12 +234,9 @@ def _as_tensor(emb: np.ndarray):
     import torch
 
     a = np.asarray(emb, dtype=np.float32)
-    if not (a.flags.writeable and a.flags.c_contiguous):
-        a = np.array(a, dtype=np.float32, order="C")
-    return torch.from_numpy(a)
+    return torch.from_numpy(a if a.flags.writeable and a.flags.c_contiguous else np.array(a, order="C"))
 
 
-# ---------------------------------------------------------------------------------------------
 # GPU: faiss
 
 
@@ -275,7 +280,7 @@ def _gpu_ivf(emb: np.ndarray, k: int, chunk: int, seed: int = 0):
     for s in range(0, n, chunk):
         index.add(np.ascontiguousarray(emb[s : s + chunk]))
     sample = np.sort(rng.choice(n, size=min(n, RECALL_SAMPLE), replace=False))
-    exact = _knn_rows(_as_tensor(emb), sample, k)[1]
+    exact = _exact(_as_tensor(emb), sample, k, _Workers(0))[1]
     nprobe = 1
     while True:
         index.nprobe = nprobe
@@ -302,12 +307,6 @@ def _build_gpu(emb: np.ndarray, k: int, query: np.ndarray, exact_limit: int, chu
     with progress.task(f"kNN graph ({kind})", total=len(query)) as task:
         ids, sims = _search(index, emb, query, k, chunk, task)
     return KnnGraph(ids, sims, kind, recall)
-
-
-def _measured_recall(ids: np.ndarray, plan: _Plan) -> float:
-    """recall@k of the graph's rows for the plan's sample against their exact neighbours."""
-    hits = sum(len(set(a) & set(e)) for a, e in zip(ids[plan.at].tolist(), plan.truth.tolist()))
-    return round(hits / max(1, plan.truth.size), 4)
 
 
 def build_knn(
@@ -348,7 +347,7 @@ def _build_cpu(emb: np.ndarray, k: int, query: np.ndarray, exact_limit: int, pro
         if len(x) > exact_limit:
             with progress.task("kNN lists (k-means, probe count tuned on a sample)", total=None):
                 plan = _plan(x, k, query, workers)
-        kind = "flat" if plan is None else plan.kind
+        kind = "flat" if plan is None else f"blocked{len(plan.cen)},nprobe{plan.nprobe}"
         with progress.task(f"kNN graph ({kind})", total=len(query)) as task:
             if plan is None:
                 sims, ids = _exact(x, query, k, workers, task)
@@ -357,7 +356,10 @@ def _build_cpu(emb: np.ndarray, k: int, query: np.ndarray, exact_limit: int, pro
     finally:
         workers.pool.shutdown()
         torch.set_num_threads(threads)
-    return KnnGraph(ids, sims, kind, None if plan is None else _measured_recall(ids, plan))
+    if plan is None:
+        return KnnGraph(ids, sims, kind)
+    hits = sum(len(set(a) & set(e)) for a, e in zip(ids[plan.at].tolist(), plan.truth.tolist()))
+    return KnnGraph(ids, sims, kind, round(hits / plan.truth.size, 4))  # recall measured on the sample
 
 
 def build_knn_out_of_fold(

@@ -1,9 +1,17 @@
-"""Feeding models from the on-disk image array: normalised batches, the shift augmentation,
-batched inference. Shared by the auto teacher, frozen teachers and the student."""
+"""Feeding models from the on-disk image array: normalised batches, read ahead in a background
+thread while the model computes (`Prefetch`), the shift augmentation, batched inference. Shared
+by the auto teacher, frozen teachers and the student."""
 
 from __future__ import annotations
 
+import queue
+import threading
+
 import numpy as np
+
+# Batches read ahead of the model by `Batches.stream`: at most this many are ready or being read
+# while the model computes on the current one (0: read each batch when it is needed).
+READ_AHEAD = 2
 
 
 class Batches:
@@ -11,7 +19,7 @@ class Batches:
 
     `mean`/`std` (per channel, on the [0, 1] scale) default to those of a 4,096-image sample;
     `per_image` instead brings each image and channel to zero mean and unit spread. `size`
-    resizes (bilinear) to size x size."""
+    resizes (bilinear) to size x size. `ahead`: batches `stream` reads ahead (READ_AHEAD)."""
 
     def __init__(
         self, images: np.ndarray, device: str, size: int | None = None, mean=None, std=None, per_image: bool = False
@@ -22,6 +30,7 @@ class Batches:
         self.per_image = per_image
         self.device = device
         self.size = size
+        self.ahead = READ_AHEAD
         if mean is None:
             rng = np.random.default_rng(0)
             idx = np.sort(rng.choice(len(images), size=min(len(images), 4096), replace=False))
@@ -47,6 +56,70 @@ class Batches:
             x = x - x.mean(dim=(2, 3), keepdim=True)
             return x / x.std(dim=(2, 3), keepdim=True).clamp_min(0.02)
         return (x - self.mean) / self.std
+
+    def stream(self, row_lists: list) -> "Prefetch":
+        """`get` of each of `row_lists` in order, read `self.ahead` batches ahead in a background
+        thread: `with batches.stream(rows) as xs: for x in xs: ...`."""
+        return Prefetch(self.get, row_lists, self.ahead)
+
+
+class Prefetch:
+    """Iterates `fn(item)` for `items` in order, computing them in a background thread at most
+    `ahead` results ahead of the consumer (one waiting in a queue of `ahead - 1`, one being
+    computed). The results are the ones a plain loop would give: `fn` runs on each item once,
+    in order. An exception in `fn` is raised by the iteration at that item; leaving the `with`
+    block (finished, broken off or raising) stops the thread and waits for it. No thread for
+    fewer than two items or `ahead` 0."""
+
+    def __init__(self, fn, items, ahead: int = READ_AHEAD):
+        self.fn, self.items, self.ahead = fn, list(items), int(ahead)
+        self.queue = queue.Queue(maxsize=max(1, self.ahead - 1))
+        self.stopping = threading.Event()
+        self.thread = None
+
+    def __enter__(self) -> "Prefetch":
+        if self.ahead > 0 and len(self.items) > 1:
+            self.thread = threading.Thread(target=self.produce, name="labelfix-prefetch", daemon=True)
+            self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __iter__(self):
+        if self.thread is None:
+            for item in self.items:
+                yield self.fn(item)
+            return
+        for _ in self.items:
+            ok, value = self.queue.get()
+            if not ok:
+                raise value
+            yield value
+
+    def produce(self) -> None:
+        """The background thread: each result (or the exception) into the queue, in order."""
+        for item in self.items:
+            try:
+                got = (True, self.fn(item))
+            except BaseException as exc:  # handed to the consumer, raised there
+                got = (False, exc)
+            while not self.stopping.is_set():
+                try:
+                    self.queue.put(got, timeout=0.05)
+                    break
+                except queue.Full:
+                    continue
+            if self.stopping.is_set() or not got[0]:
+                return
+
+    def close(self) -> None:
+        self.stopping.set()
+        if self.thread is not None:
+            self.thread.join()
+            self.thread = None
+        while not self.queue.empty():  # drop the batches read ahead
+            self.queue.get_nowait()
 
 
 class GrayAsRGB:
@@ -101,11 +174,10 @@ def infer(model_fn, batches: Batches, idx: np.ndarray, batch_size: int, task=Non
 
     from labelfix.runtime import autocast
 
+    chunks = [idx[s : s + batch_size] for s in range(0, len(idx), batch_size)]
     outs = []
-    with torch.inference_mode():
-        for s in range(0, len(idx), batch_size):
-            b = idx[s : s + batch_size]
-            x = batches.get(b)
+    with torch.inference_mode(), batches.stream(chunks) as xs:
+        for b, x in zip(chunks, xs):
             with autocast(batches.device, precision):
                 outs.append(model_fn(x))
             if task is not None:

@@ -239,27 +239,28 @@ def fit(
         t0 = time.perf_counter()
         model.train()
         perm = train_idx[stream[0].permutation(n)]
-        for s in range(steps):
-            if lr_at is not None:
-                for g in opt.param_groups:
-                    g["lr"] = lr_at(epoch * steps + s)
-            rows = perm[s * plan.batch_size : (s + 1) * plan.batch_size]
-            rows = np.sort(rows) if plan.sort_batches else rows
-            x = random_shift(batches.get(rows), stream[1], plan.pad)
-            with runtime.autocast():
-                logits = model(x)
-            loss, weight, hits = objective(logits.float(), rows, epoch)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if sched is not None:
-                sched.step()
-            res.loss_sum += float(loss.detach()) * weight
-            res.weight_sum += weight
-            res.hits += hits
-            res.count += len(rows)
-            if task is not None:
-                task.advance(len(rows))
+        step_rows = [perm[s * plan.batch_size : (s + 1) * plan.batch_size] for s in range(steps)]
+        step_rows = [np.sort(r) for r in step_rows] if plan.sort_batches else step_rows
+        with batches.stream(step_rows) as xs:  # the next batches are read while this one trains
+            for s, (rows, xb) in enumerate(zip(step_rows, xs)):
+                if lr_at is not None:
+                    for g in opt.param_groups:
+                        g["lr"] = lr_at(epoch * steps + s)
+                x = random_shift(xb, stream[1], plan.pad)
+                with runtime.autocast():
+                    logits = model(x)
+                loss, weight, hits = objective(logits.float(), rows, epoch)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                if sched is not None:
+                    sched.step()
+                res.loss_sum += float(loss.detach()) * weight
+                res.weight_sum += weight
+                res.hits += hits
+                res.count += len(rows)
+                if task is not None:
+                    task.advance(len(rows))
         res.seconds = time.perf_counter() - t0
         state.results.append(res)
         if on_epoch is not None and on_epoch(res, state):

@@ -15,21 +15,23 @@ from labelfix.core.detect import Detection, detect, neighbour_vote
 from labelfix.core.graph import KnnGraph
 from labelfix.core.scoring import alternative_label, label_quality
 from labelfix.core.selection import NoiseEstimate, confident_joint, per_sample_loss, small_loss_mask
-from labelfix.core.sparse import TopM, is_sparse, vote_argmax
+from labelfix.core.sparse import TopM, chunks, is_sparse, vote_argmax
 from labelfix.errors import WeakTeacher
 
 
 def feature_space(probs: np.ndarray, features: np.ndarray | None) -> tuple[np.ndarray, str]:
-    """Unit-norm rows to build the kNN graph in, and what they come from.
+    """Unit-norm float32 rows to build the kNN graph in, and what they come from; made block by
+    block into one new array (the input may be a memory map in any real dtype).
 
     With features (embeddings) the graph is independent evidence; without, it is built on the
     square roots of the probabilities (Hellinger geometry), which only smooths them."""
-    if features is not None:
-        emb, source = np.asarray(features, dtype=np.float32), "embeddings"
-    else:
-        emb, source = np.sqrt(np.asarray(probs, dtype=np.float32)), "pred_probs"
-    emb = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
-    return emb.astype(np.float32), source
+    src, source = (features, "embeddings") if features is not None else (probs, "pred_probs")
+    out = np.empty(src.shape, dtype=np.float32)
+    for s in chunks(*src.shape):
+        block = np.asarray(src[s], dtype=np.float32)
+        block = np.sqrt(block) if features is None else block
+        out[s] = block / np.maximum(np.linalg.norm(block, axis=1, keepdims=True), 1e-12)
+    return out, source
 
 
 @dataclass(frozen=True)

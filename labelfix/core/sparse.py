@@ -60,7 +60,7 @@ class TopM:
     Array-like: `shape` is (N, C) and np.asarray(top) gives the dense rows (N x C float32:
     large); `to_dense(rows)` densifies a subset."""
 
-    classes: np.ndarray  # (N, m) int32
+    classes: np.ndarray  # (N, m) int32 (-1: an empty slot, probability 0)
     probs: np.ndarray  # (N, m) float32
     num_classes: int
     given: np.ndarray | None = None  # (N,) float32
@@ -81,10 +81,12 @@ class TopM:
     def to_dense(self, rows=None) -> np.ndarray:
         cls = self.classes if rows is None else self.classes[rows]
         val = self.probs if rows is None else self.probs[rows]
-        n, m = cls.shape
-        rest = np.clip(1.0 - val.astype(np.float64).sum(axis=1), 0.0, 1.0) / max(self.num_classes - m, 1)
+        listed = cls >= 0  # -1: no class in that slot
+        mass = np.where(listed, val, 0.0).astype(np.float64).sum(axis=1)
+        rest = np.clip(1.0 - mass, 0.0, 1.0) / np.maximum(self.num_classes - listed.sum(axis=1), 1)
         out = np.repeat(rest.astype(np.float32)[:, None], self.num_classes, axis=1)
-        np.put_along_axis(out, cls.astype(np.int64), val, axis=1)
+        r, j = np.nonzero(listed)
+        out[r, cls[r, j]] = val[r, j]
         return out
 
     def __array__(self, dtype=None, copy=None):

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from labelfix.core.sparse import chunks, is_sparse
 from labelfix.errors import InputError
 from labelfix.files.paths import check_path_flag, show
 
@@ -42,8 +43,13 @@ def open_npy(path: Path, flag: str) -> np.ndarray:
     return arr
 
 
+NORMALISED = 1e-5  # |row sum - 1| within which large-C probabilities are used without a copy
+
+
 def load_npy(path: Path, flag: str, n_rows: int, n_cols: int | None = None) -> np.ndarray:
-    """Load a 2-D real .npy whose rows follow the CSV's rows, as float32."""
+    """A 2-D real .npy whose rows follow the CSV's rows, checked block by block (finite, not all
+    zeros) and returned memory-mapped, in the file's dtype: nothing N x D is read whole here.
+    Consumers convert to float32 in blocks (feature_space, check_pred_probs)."""
     arr = open_npy(path, flag)
     path = Path(path)
     if arr.ndim != 2:
@@ -54,29 +60,51 @@ def load_npy(path: Path, flag: str, n_rows: int, n_cols: int | None = None) -> n
         raise InputError(f"{path}: {flag} has no columns (shape {arr.shape})")
     if n_cols is not None and arr.shape[1] != n_cols:
         raise InputError(f"{path}: {flag} has {arr.shape[1]} columns but there are {n_cols} classes")
-    with np.errstate(over="ignore"):
-        arr = np.asarray(arr, dtype=np.float32)
-    finite = np.isfinite(arr).all(axis=1)
-    if not finite.all():
-        i = int(np.flatnonzero(~finite)[0])
-        raise InputError(f"{path}: {flag} row {i} has NaN or infinite values (or values beyond float32)")
-    if not arr.any():
+    nonzero = False
+    for s in chunks(*arr.shape):
+        with np.errstate(over="ignore"):
+            block = np.asarray(arr[s], dtype=np.float32)
+        finite = np.isfinite(block).all(axis=1)
+        if not finite.all():
+            i = s.start + int(np.flatnonzero(~finite)[0])
+            raise InputError(f"{path}: {flag} row {i} has NaN or infinite values (or values beyond float32)")
+        nonzero = nonzero or bool(block.any())
+    if not nonzero:
         raise InputError(f"{path}: {flag} is all zeros")
     return arr
 
 
 def check_pred_probs(probs: np.ndarray, path: Path | None, name: str = "--pred-probs") -> np.ndarray:
     """Probabilities checked (no negatives, rows summing to 1 within 1e-3) and renormalised in
-    float32; errors start with `path: name` (the CLI) or `name:` (the Python API, path None)."""
+    float32, block by block into one new array; errors start with `path: name` (the CLI) or
+    `name:` (the Python API, path None).
+
+    Above SPARSE_ABOVE classes a float32 input whose rows are already normalised (within
+    NORMALISED) is returned as it is, memory-mapped when it is: N x C is never copied (1M x 1,000
+    float32 is 4 GB); the sparse detection reads it in blocks."""
     where = f"{path}: {name}" if path is not None else f"{name}:"
-    if (probs < -1e-6).any():
-        raise InputError(f"{where} has negative values; pass probabilities, not logits")
-    sums = probs.sum(axis=1)
-    bad = np.flatnonzero(np.abs(sums - 1.0) > 1e-3)
-    if len(bad):
-        raise InputError(f"{where} row {bad[0]} sums to {sums[bad[0]]:.4f}, not 1")
-    probs = np.clip(probs, 0, None)
-    return (probs / probs.sum(axis=1, keepdims=True)).astype(np.float32)
+    n, c = probs.shape
+    out = None if is_sparse(c) else np.empty((n, c), dtype=np.float32)
+    as_is = is_sparse(c) and probs.dtype == np.float32
+    for s in chunks(n, c):
+        block = np.asarray(probs[s], dtype=np.float32)
+        if (block < -1e-6).any():
+            raise InputError(f"{where} has negative values; pass probabilities, not logits")
+        sums = block.sum(axis=1)
+        bad = np.flatnonzero(np.abs(sums - 1.0) > 1e-3)
+        if len(bad):
+            raise InputError(f"{where} row {s.start + bad[0]} sums to {sums[bad[0]]:.4f}, not 1")
+        as_is = as_is and bool((block >= 0).all() and (np.abs(sums - 1.0) <= NORMALISED).all())
+        if out is not None:
+            block = np.clip(block, 0, None)
+            out[s] = block / block.sum(axis=1, keepdims=True)
+    if out is not None or as_is:
+        return out if out is not None else probs
+    out = np.empty((n, c), dtype=np.float32)
+    for s in chunks(n, c):
+        block = np.clip(np.asarray(probs[s], dtype=np.float32), 0, None)
+        out[s] = block / block.sum(axis=1, keepdims=True)
+    return out
 
 
 def load_label_vector(path: Path, flag: str, n_rows: int | None = None, n_classes: int | None = None) -> np.ndarray:

@@ -1,0 +1,91 @@
+"""Out-of-core inputs (issue 13): --pred-probs and --embeddings are checked and converted block by
+block from their memory maps; above SPARSE_ABOVE classes normalised float32 probabilities are
+used in place, never copied."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from labelfix.core.issues import feature_space
+from labelfix.core.sparse import SPARSE_ABOVE, chunk_rows
+from labelfix.errors import InputError
+from labelfix.files.npy import check_pred_probs, load_npy
+
+
+def _save(tmp_path, name, arr):
+    path = tmp_path / name
+    np.save(path, arr)
+    return path
+
+
+def _old_probs(probs):
+    """The whole-array conversion these functions replaced: the reference for bit identity."""
+    probs = np.asarray(probs, dtype=np.float32)
+    probs = np.clip(probs, 0, None)
+    return (probs / probs.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def _old_space(features):
+    emb = np.asarray(features, dtype=np.float32)
+    return (emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+
+
+def test_small_c_blocks_give_the_whole_array_result_bit_for_bit(tmp_path):
+    rng = np.random.default_rng(0)
+    n = 3 * chunk_rows(10) + 17  # several blocks and a ragged one
+    raw = rng.dirichlet(np.ones(10), n).astype(np.float64)
+    path = _save(tmp_path, "p.npy", raw)
+    got = check_pred_probs(load_npy(path, "--pred-probs", n, 10), path)
+    assert got.dtype == np.float32 and not isinstance(got, np.memmap)
+    np.testing.assert_array_equal(got, _old_probs(raw))
+    feats = rng.normal(size=(n, 7))
+    fpath = _save(tmp_path, "e.npy", feats)
+    emb, source = feature_space(got, load_npy(fpath, "--embeddings", n))
+    assert source == "embeddings" and emb.dtype == np.float32
+    np.testing.assert_array_equal(emb, _old_space(feats))
+    emb, source = feature_space(got, None)
+    assert source == "pred_probs"
+    np.testing.assert_array_equal(emb, _old_space(np.sqrt(got)))
+
+
+def test_large_c_normalised_float32_is_used_in_place(tmp_path):
+    c = SPARSE_ABOVE + 36
+    n = 2 * chunk_rows(c) + 5
+    probs = np.random.default_rng(1).dirichlet(np.ones(c), n).astype(np.float32)
+    path = _save(tmp_path, "p.npy", probs)
+    mapped = load_npy(path, "--pred-probs", n, c)
+    assert isinstance(mapped, np.memmap)
+    got = check_pred_probs(mapped, path)
+    assert got is mapped  # no N x C copy
+    off = probs.astype(np.float64) * 1.0005  # within the 1e-3 check, outside NORMALISED: one normalised copy
+    opath = _save(tmp_path, "q.npy", off)
+    got = check_pred_probs(load_npy(opath, "--pred-probs", n, c), opath)
+    assert got.dtype == np.float32 and not isinstance(got, np.memmap)
+    np.testing.assert_allclose(got.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_errors_name_the_row_in_a_later_block(tmp_path):
+    n = 2 * chunk_rows(4) + 3
+    probs = np.full((n, 4), 0.25, dtype=np.float32)
+    probs[n - 2, 1] = np.nan
+    path = _save(tmp_path, "nan.npy", probs)
+    with pytest.raises(InputError, match=rf"nan.npy: --pred-probs row {n - 2} has NaN"):
+        load_npy(path, "--pred-probs", n, 4)
+    probs[n - 2, 1] = 0.25
+    probs[n - 1] = [0.5, 0.5, 0.5, 0.5]
+    path = _save(tmp_path, "sum.npy", probs)
+    with pytest.raises(InputError, match=rf"sum.npy: --pred-probs row {n - 1} sums to 2.0000, not 1"):
+        check_pred_probs(load_npy(path, "--pred-probs", n, 4), path)
+    path = _save(tmp_path, "zeros.npy", np.zeros((n, 3), dtype=np.float32))
+    with pytest.raises(InputError, match="zeros.npy: --embeddings is all zeros"):
+        load_npy(path, "--embeddings", n)
+
+
+def test_top_m_rows_with_empty_slots_densify_without_touching_the_last_class():
+    from labelfix.core.sparse import TopM
+
+    top = TopM(np.array([[2, -1, 0]], dtype=np.int32), np.array([[0.6, 0.0, 0.2]], dtype=np.float32), 5)
+    dense = top.to_dense()
+    # 0.2 left over, spread over the 3 classes not listed (1, 3, 4); -1 is no class, not class 4
+    np.testing.assert_allclose(dense, [[0.2, 0.2 / 3, 0.6, 0.2 / 3, 0.2 / 3]], rtol=1e-6)

@@ -2,15 +2,17 @@
 and `labelfix refine` as the number of rows grows, per stage, with the fitted growth exponent;
 and cleanlab's Datalab(features=...) label check on one of the same inputs, timed side by side.
 
-    .venv/bin/python examples/bench_scale.py                 # 100k, 300k, 1M rows (C = 10, D = 128)
-    .venv/bin/python examples/bench_scale.py --sizes 100000,300000 --classes 10,1000 --dim 256
-    .venv/bin/python examples/bench_scale.py --datalab 200000  # also Datalab at 200k x 256
+    .venv/bin/python examples/bench_scale.py     # 100k, 300k, 1M rows at C x D = 10 x 128 and 1000 x 256
+    .venv/bin/python examples/bench_scale.py --sizes 100000,300000 --shapes 10x128
+    .venv/bin/python examples/bench_scale.py --datalab 200000  # also Datalab at 200k x 256 (C = 10)
 
 Each run is a separate process under /usr/bin/time -v (peak RSS); stage times come from the run's
 summary.json (timings_s) and refine's statistics. The synthetic inputs (clustered embeddings,
 probabilities of a weak model, 30% symmetric noise) are written once per size to --work as .npy
-memory maps, so generating them never holds more than a chunk. Writes docs/benchmarks-scale.md
-and .json (examples/bench.py includes the Markdown in docs/benchmarks.md).
+memory maps, so generating them never holds more than a chunk. Results merge into
+docs/benchmarks-scale.json by row count and shape (a partial run keeps the others, each row with
+its commit and date), and docs/benchmarks-scale.md is written from all of them (examples/bench.py
+includes it in docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -31,15 +33,33 @@ LABELFIX = [sys.executable, "-m", "labelfix.cli"]
 CHUNK = 100_000
 
 
-def make_inputs(work: Path, n: int, c: int, d: int, noise: float = 0.3, seed: int = 0) -> Path:
-    """labels.csv, probs.npy, emb.npy and truth.npy for n rows; reused when present."""
-    folder = work / f"n{n}-c{c}-d{d}"
+SUBCLUSTERS = 20  # modes per class
+SPECTRA = ("powerlaw", "isotropic")
+
+
+def make_inputs(work: Path, n: int, c: int, d: int, spectrum: str = "powerlaw", noise: float = 0.3, seed: int = 0):
+    """labels.csv, probs.npy, emb.npy and truth.npy for n rows; reused when present.
+
+    Embeddings: a class centre plus one of SUBCLUSTERS modes of the class plus noise. "powerlaw":
+    the modes and the noise have variance 1/i along dimension i (scaled to a total of D), the
+    roughly 1/n eigenspectrum of deep networks' representations (Stringer et al., Nature 2019;
+    Agrawal et al., NeurIPS 2022), so the rows lie near a low-dimensional subspace as real
+    embeddings do. "isotropic": unit noise in every dimension and no modes, a worst case for any
+    inverted-file or graph index (neighbours nearly equidistant)."""
+    folder = work / f"n{n}-c{c}-d{d}-{spectrum}"
     if (folder / "done").is_file():
         return folder
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     centres = rng.normal(0, 1, (c, d)).astype(np.float32) * 2.0
+    scale = np.ones(d, dtype=np.float32)
+    modes = np.zeros((c, 1, d), dtype=np.float32)
+    if spectrum == "powerlaw":
+        spec = 1.0 / np.arange(1, d + 1)
+        scale = np.sqrt(spec / spec.sum() * d).astype(np.float32)
+        modes = (rng.normal(0, 1, (c, SUBCLUSTERS, d)) * scale).astype(np.float32)
     true = rng.integers(0, c, n)
+    mode = rng.integers(0, modes.shape[1], n)
     given = true.copy()
     flip = rng.random(n) < noise
     given[flip] = (true[flip] + rng.integers(1, c, int(flip.sum()))) % c
@@ -47,7 +67,8 @@ def make_inputs(work: Path, n: int, c: int, d: int, noise: float = 0.3, seed: in
     probs = np.lib.format.open_memmap(folder / "probs.npy", "w+", np.float32, (n, c))
     for s in range(0, n, CHUNK):
         t = true[s : s + CHUNK]
-        emb[s : s + CHUNK] = centres[t] + rng.normal(0, 1, (len(t), d)).astype(np.float32)
+        noise_rows = rng.normal(0, 1, (len(t), d)).astype(np.float32) * scale
+        emb[s : s + CHUNK] = centres[t] + modes[t, mode[s : s + CHUNK]] + noise_rows
         logits = rng.normal(0, 1.0, (len(t), c)).astype(np.float32)
         logits[np.arange(len(t)), t] += 2.0  # a weak model: right about 60-70% of the time at C = 10
         e = np.exp(logits - logits.max(1, keepdims=True))
@@ -124,64 +145,101 @@ def exponent(sizes: list[int], times: list[float]) -> float | None:
     return round(float(np.polyfit(x, y, 1)[0]), 3)
 
 
-def markdown(results: dict, machine: str, command: str) -> str:
+def exponents(runs: dict) -> dict:
+    """{"C x D": growth exponent of scan + refine time in N} over the stored rows of each shape."""
+    by_shape: dict = {}
+    for key, r in runs.items():
+        n, c, rest = key.split("x")
+        if "error" not in r:
+            by_shape.setdefault(f"{c}x{rest}", []).append((int(n), r["scan_s"] + r["refine_s"]))
+    return {k: exponent(*zip(*sorted(v))) for k, v in by_shape.items() if len(v) >= 2}
+
+
+def markdown(results: dict, command: str) -> str:
     lines = [
         "## Scale (examples/bench_scale.py)",
         "",
-        f"Machine: {machine}. Command: `{command}`. Synthetic inputs: clustered embeddings, a weak "
-        "model's probabilities, 30% symmetric noise; each step a separate process.",
+        f"Last command: `{command}`. Synthetic inputs: clustered embeddings, a weak model's probabilities, "
+        "30% symmetric noise; scan (`--pred-probs --embeddings`) and refine each a separate process under "
+        "/usr/bin/time -v (peak RSS). Each row names the commit and machine it was measured on.",
         "",
-        "| rows | C | D | scan s | scan peak RSS GB | refine s | refine peak RSS GB | graph | recall@k | stages (s) | flag F1 |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| rows | C | D | embeddings | scan s | scan peak RSS GB | refine s | refine peak RSS GB | scan + refine min "
+        "| graph | recall@k | scan stages (s) | flag F1 | commit | machine |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for key, r in results["runs"].items():
-        n, c, d = key.split("x")
+
+    def order(kv):
+        dims, spectrum = kv[0].split(":")
+        return spectrum, [int(v) for v in dims.split("x")][::-1]
+
+    for key, r in sorted(results["runs"].items(), key=order):
+        dims, spectrum = key.split(":")
+        n, c, d = dims.split("x")
+        head = f"| {int(n):,} | {c} | {d} | {spectrum} |"
         if "error" in r:
-            lines.append(f"| {n} | {c} | {d} | error: {r['error']} | | | | | | | |")
+            lines.append(f"{head} error: {r['error']} | | | | | | | | {r.get('commit')} | |")
             continue
         stages = ", ".join(f"{k} {v:.0f}" for k, v in r["stages_s"].items() if k != "total")
+        total = (r["scan_s"] + r["refine_s"]) / 60
         lines.append(
-            f"| {n} | {c} | {d} | {r['scan_s']} | {r['scan_rss_gb']} | {r['refine_s']} | {r['refine_rss_gb']} | "
-            f"{r['graph']['index']} | {r['graph'].get('recall_at_k')} | {stages} | {r['flag_f1']} |"
+            f"{head} {r['scan_s']} | {r['scan_rss_gb']} | {r['refine_s']} | {r['refine_rss_gb']} | "
+            f"{total:.1f} | {r['graph']['index']} | {r['graph'].get('recall_at_k')} | {stages} | {r['flag_f1']} | "
+            f"{r.get('commit')} | {r.get('machine')} |"
         )
-    for c, e in results.get("exponents", {}).items():
-        lines.append(f"\nGrowth exponent of scan + refine time in N (C = {c}): {e}")
-    if results.get("datalab"):
-        lines.append(f"\nDatalab(features) label check on the same inputs: {results['datalab']}")
+    lines.append("")
+    for shape, e in results.get("exponents", {}).items():
+        lines.append(f"- Growth exponent of scan + refine time in N (C x D:embeddings = {shape}), log-log fit: {e}")
+    dl = results.get("datalab")
+    if dl and "scan_s" in dl:
+        lines += [
+            f"- cleanlab Datalab(features=..., pred_probs=...) label check on the same {dl['rows']:,} x {dl['dim']} "
+            f"input (C = 10, {dl['spectrum']} embeddings): {dl['datalab_s']} s, peak RSS {dl['datalab_rss_gb']} GB; labelfix scan "
+            f"{dl['scan_s']} s, peak RSS {dl['scan_rss_gb']} GB: labelfix {dl['datalab_s'] / dl['scan_s']:.1f}x faster "
+            f"(same run, commit {dl.get('commit')}).",
+        ]
     return "\n".join(lines) + "\n"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", default="100000,300000,1000000")
-    ap.add_argument("--classes", default="10")
-    ap.add_argument("--dim", type=int, default=128)
+    ap.add_argument("--shapes", default="10x128,1000x256", help="classes x dimensions, comma-separated")
+    ap.add_argument("--spectrum", choices=SPECTRA, default="powerlaw", help="embedding structure (make_inputs)")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--datalab", type=int, default=0, help="rows of the Datalab comparison (0: none)")
+    ap.add_argument("--datalab", type=int, default=0, help="rows of the Datalab comparison at D = 256 (0: none)")
     ap.add_argument("--work", type=Path, default=Path("/tmp/labelfix-scale"))
     ap.add_argument("--docs", type=Path, default=ROOT / "docs")
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT))
     from labelfix.commands.bench import machine_description
 
-    sizes = [int(s) for s in args.sizes.split(",")]
-    results: dict = {"runs": {}, "exponents": {}}
-    for c in [int(c) for c in args.classes.split(",")]:
-        times = []
+    sizes = [int(s) for s in args.sizes.split(",") if s]
+    store = args.docs / "benchmarks-scale.json"
+    results: dict = json.loads(store.read_text()) if store.is_file() else {}
+    results.setdefault("runs", {})
+    stamp = {"commit": commit(), "date": time.strftime("%Y-%m-%d"), "machine": machine_description()}
+    for shape in [s for s in args.shapes.split(",") if s]:
+        c, d = (int(v) for v in shape.split("x"))
         for n in sizes:
-            r = run_size(make_inputs(args.work, n, c, args.dim), args.threads)
-            results["runs"][f"{n}x{c}x{args.dim}"] = r
-            times.append((r.get("scan_s") or 0) + (r.get("refine_s") or 0))
-            print(n, c, args.dim, r, flush=True)
-        results["exponents"][c] = exponent(sizes, times)
+            r = run_size(make_inputs(args.work, n, c, d, args.spectrum), args.threads)
+            results["runs"][f"{n}x{c}x{d}:{args.spectrum}"] = {**r, **stamp}
+            print(n, c, d, r, flush=True)
     if args.datalab:
-        folder = make_inputs(args.work, args.datalab, 10, args.dim)
-        results["datalab"] = {"rows": args.datalab, **datalab(folder, args.threads), **run_size(folder, args.threads)}
+        folder = make_inputs(args.work, args.datalab, 10, 256, args.spectrum)
+        results["datalab"] = {"rows": args.datalab, "dim": 256, "spectrum": args.spectrum}
+        results["datalab"].update(datalab(folder, args.threads))
+        results["datalab"].update(run_size(folder, args.threads), **stamp)
+    results["exponents"] = exponents(results["runs"])
     command = "python examples/bench_scale.py " + " ".join(sys.argv[1:])
     args.docs.mkdir(parents=True, exist_ok=True)
-    (args.docs / "benchmarks-scale.json").write_text(json.dumps(results, indent=2) + "\n")
-    (args.docs / "benchmarks-scale.md").write_text(markdown(results, machine_description(), command))
-    print(markdown(results, machine_description(), command))
+    store.write_text(json.dumps(results, indent=2) + "\n")
+    (args.docs / "benchmarks-scale.md").write_text(markdown(results, command))
+    print(markdown(results, command))
+
+
+def commit() -> str:
+    p = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    return p.stdout.strip() or "unknown"
 
 
 if __name__ == "__main__":

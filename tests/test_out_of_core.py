@@ -4,6 +4,8 @@ used in place, never copied."""
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 
@@ -89,3 +91,24 @@ def test_top_m_rows_with_empty_slots_densify_without_touching_the_last_class():
     dense = top.to_dense()
     # 0.2 left over, spread over the 3 classes not listed (1, 3, 4); -1 is no class, not class 4
     np.testing.assert_allclose(dense, [[0.2, 0.2 / 3, 0.6, 0.2 / 3, 0.2 / 3]], rtol=1e-6)
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="page release is Linux's madvise")
+def test_a_pass_over_a_memory_map_does_not_keep_it_resident(tmp_path):
+    from labelfix.core.sparse import chunks, read_rows
+
+    path = _save(tmp_path, "big.npy", np.ones((1 << 16, 256), dtype=np.float32))  # 64 MB
+    arr = np.load(path, mmap_mode="r")
+    before = _rss_bytes()
+    total = 0.0
+    for s in chunks(*arr.shape):
+        total += float(read_rows(arr, s).sum())
+    assert total == arr.size
+    assert _rss_bytes() - before < 24 << 20  # a block or two, not the 64 MB read
+    total = sum(float(np.asarray(arr[s]).sum()) for s in chunks(*arr.shape))  # plain reads keep them
+    assert _rss_bytes() - before > 48 << 20

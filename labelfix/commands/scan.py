@@ -29,6 +29,7 @@ from labelfix.files.inputs import (
 )
 from labelfix.files.outputs import atomic_save_npy, atomic_write_json, write_parquet
 from labelfix.files.rundir import RunDir
+from labelfix.models.agreement import row_argmax
 from labelfix.progress import NullProgress, Progress
 
 # Kept for callers of 0.2: the names now live in labelfix.files.rundir.
@@ -156,6 +157,9 @@ def scan(inputs: ScanInputs, cfg: ScanConfig, out: Path, progress: Progress | No
             ev = teacher_evidence(inputs, cfg, labels, run, stage, device, timer, progress)
         with timer("graph"):
             graph = build_graph(inputs, cfg, ev.emb, len(labels.y), device, progress)
+        if inputs.pred_probs is not None:  # saved now and let go: N x D is not needed past the graph
+            atomic_save_npy(stage / rd.EMBEDDINGS, ev.emb)
+            ev.emb = None
         with timer("detection"):
             found = find_issues(
                 labels.y,
@@ -192,8 +196,6 @@ def scan(inputs: ScanInputs, cfg: ScanConfig, out: Path, progress: Progress | No
         atomic_save_npy(stage / rd.NOISE_MATRIX, found.noise_matrix(labels.y).astype(np.float32))
         atomic_save_npy(stage / rd.CONFIDENT_JOINT, found.noise.matrix.astype(np.float32))
         atomic_save_npy(stage / rd.GRAPH_SIMS, graph.sims)
-        if inputs.pred_probs is not None:
-            atomic_save_npy(stage / rd.EMBEDDINGS, ev.emb)
         write_parquet(stage / rd.SCAN, parquet_columns(table), meta)
         summary["timings_s"] = dict(timer.times, total=round(sum(timer.times.values()), 3))
         atomic_write_json(stage / rd.SUMMARY, summary)
@@ -367,7 +369,7 @@ def scan_summary(inputs: ScanInputs, cfg: ScanConfig, labels: LabelSet, ev: Evid
             **matrix_record(noise.matrix, rd.CONFIDENT_JOINT, ""),
         },
         "teacher": ev.teacher_stats,
-        "teacher_heldout_agreement_with_given": round(float((ev.probs.argmax(1) == y).mean()), 4),
+        "teacher_heldout_agreement_with_given": round(float((row_argmax(ev.probs) == y).mean()), 4),
         "teacher_check": found.check,
         "weak_teacher": found.check["weak"],
         "graph": {

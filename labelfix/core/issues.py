@@ -15,7 +15,7 @@ from labelfix.core.detect import Detection, detect, neighbour_vote
 from labelfix.core.graph import KnnGraph
 from labelfix.core.scoring import alternative_label, label_quality
 from labelfix.core.selection import NoiseEstimate, confident_joint, per_sample_loss, small_loss_mask
-from labelfix.core.sparse import TopM, chunks, is_sparse, vote_argmax
+from labelfix.core.sparse import TopM, chunks, is_sparse, read_rows, vote_argmax
 from labelfix.errors import WeakTeacher
 
 
@@ -28,7 +28,7 @@ def feature_space(probs: np.ndarray, features: np.ndarray | None) -> tuple[np.nd
     src, source = (features, "embeddings") if features is not None else (probs, "pred_probs")
     out = np.empty(src.shape, dtype=np.float32)
     for s in chunks(*src.shape):
-        block = np.asarray(src[s], dtype=np.float32)
+        block = read_rows(src, s)
         block = np.sqrt(block) if features is None else block
         out[s] = block / np.maximum(np.linalg.norm(block, axis=1, keepdims=True), 1e-12)
     return out, source

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from labelfix.core.sparse import chunks, is_sparse
+from labelfix.core.sparse import chunks, is_sparse, read_rows
 
 
 @dataclass(frozen=True)
@@ -78,11 +78,11 @@ def _confident_joint_chunked(probs: np.ndarray, y: np.ndarray, counts: np.ndarra
     """confident_joint above SPARSE_ABOVE classes: the same counts in chunks of rows (no N x C
     temporaries); the thresholds are per-class means by bincount."""
     n, c = probs.shape
-    at_y = np.asarray(probs[np.arange(n), y], dtype=np.float64)
+    at_y = given_probs(probs, y).astype(np.float64)
     thresholds = np.divide(np.bincount(y, weights=at_y, minlength=c), counts, out=np.ones(c), where=counts > 0)
     joint = np.zeros((c, c), dtype=np.float64)
     for s in chunks(n, c):
-        block = np.asarray(probs[s])
+        block = read_rows(probs, s, probs.dtype)
         above = block >= thresholds[None, :] - 1e-6
         true_guess = np.where(above, block, -np.inf).argmax(axis=1)
         has = above.any(axis=1)
@@ -92,8 +92,18 @@ def _confident_joint_chunked(probs: np.ndarray, y: np.ndarray, counts: np.ndarra
     return NoiseEstimate(joint, rates, thresholds)
 
 
+def given_probs(probs: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """probs[i, y_i] for every row, read in row blocks (probs may be a memory map)."""
+    if not isinstance(probs, np.memmap):
+        return probs[np.arange(len(y)), y]
+    out = np.empty(len(y), dtype=probs.dtype)
+    for s in chunks(*probs.shape):
+        out[s] = read_rows(probs, s, probs.dtype)[np.arange(s.stop - s.start), y[s]]
+    return out
+
+
 def per_sample_loss(probs: np.ndarray, y: np.ndarray) -> np.ndarray:
-    return -np.log(np.clip(probs[np.arange(len(y)), y], 1e-12, 1.0)).astype(np.float32)
+    return -np.log(np.clip(given_probs(probs, y), 1e-12, 1.0)).astype(np.float32)
 
 
 def small_loss_mask(loss: np.ndarray, y: np.ndarray, rates: np.ndarray) -> np.ndarray:

@@ -48,6 +48,33 @@ def chunks(n: int, width: int):
         yield slice(lo, min(n, lo + step))
 
 
+def read_rows(arr, s: slice, dtype=np.float32) -> np.ndarray:
+    """A copy of arr[s] in `dtype`. Where `arr` is a read-only memory map (--pred-probs,
+    --embeddings), the pages just read are then dropped from this process (they stay in the
+    page cache): a pass over a 4 GB input adds a block to the resident set, not 4 GB."""
+    view = arr[s]
+    with np.errstate(over="ignore"):
+        out = np.array(view, dtype=dtype)
+    drop_pages(view)
+    return out
+
+
+def drop_pages(view) -> None:
+    """madvise(MADV_DONTNEED) over a read-only np.memmap's bytes (Linux). Only a read-only file
+    mapping qualifies: its pages are reread from the file when next touched, never lost."""
+    import sys
+
+    if not (isinstance(view, np.memmap) and view.mode == "r" and sys.platform.startswith("linux") and view.nbytes):
+        return
+    import ctypes
+    import mmap
+
+    addr = view.__array_interface__["data"][0]
+    start = addr - addr % mmap.PAGESIZE
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(addr + view.nbytes - start), 4)  # MADV_DONTNEED
+
+
 @dataclass(frozen=True)
 class TopM:
     """Per row, the m most probable classes (most probable first) and their probabilities; the
@@ -105,7 +132,7 @@ def top_m(probs, m: int = TOP_M, y: np.ndarray | None = None, ids: np.ndarray | 
     given = None if y is None else np.empty(n, dtype=np.float32)
     near = None if ids is None else np.empty(ids.shape, dtype=np.float32)
     for s in chunks(n, c):
-        block = np.asarray(probs[s], dtype=np.float32)
+        block = read_rows(probs, s)
         part = np.argpartition(-block, m - 1, axis=1)[:, :m] if m < c else np.tile(np.arange(c), (len(block), 1))
         v = np.take_along_axis(block, part, axis=1)
         order = np.argsort(-v, axis=1, kind="stable")
@@ -180,7 +207,7 @@ def probs_on(cands: Candidates, probs, top: TopM, y: np.ndarray, ids: np.ndarray
     for s in chunks(n, cands.cls.shape[1] * 4):
         cls = cands.cls[s]
         if probs is not None:
-            v = np.take_along_axis(np.asarray(probs[s], dtype=np.float32), np.maximum(cls, 0), axis=1)
+            v = np.take_along_axis(read_rows(probs, s), np.maximum(cls, 0), axis=1)
         else:
             v = np.full(cls.shape, np.nan, dtype=np.float32)
             lists = [(top.classes[s], top.probs[s]), (y[s, None], top.given[s, None])]

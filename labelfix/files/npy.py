@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from labelfix.core.sparse import chunks, is_sparse
+from labelfix.core.sparse import chunks, is_sparse, read_rows
 from labelfix.errors import InputError
 from labelfix.files.paths import check_path_flag, show
 
@@ -62,8 +62,7 @@ def load_npy(path: Path, flag: str, n_rows: int, n_cols: int | None = None) -> n
         raise InputError(f"{path}: {flag} has {arr.shape[1]} columns but there are {n_cols} classes")
     nonzero = False
     for s in chunks(*arr.shape):
-        with np.errstate(over="ignore"):
-            block = np.asarray(arr[s], dtype=np.float32)
+        block = read_rows(arr, s)
         finite = np.isfinite(block).all(axis=1)
         if not finite.all():
             i = s.start + int(np.flatnonzero(~finite)[0])
@@ -87,7 +86,7 @@ def check_pred_probs(probs: np.ndarray, path: Path | None, name: str = "--pred-p
     out = None if is_sparse(c) else np.empty((n, c), dtype=np.float32)
     as_is = is_sparse(c) and probs.dtype == np.float32
     for s in chunks(n, c):
-        block = np.asarray(probs[s], dtype=np.float32)
+        block = read_rows(probs, s)
         if (block < -1e-6).any():
             raise InputError(f"{where} has negative values; pass probabilities, not logits")
         sums = block.sum(axis=1)
@@ -102,7 +101,7 @@ def check_pred_probs(probs: np.ndarray, path: Path | None, name: str = "--pred-p
         return out if out is not None else probs
     out = np.empty((n, c), dtype=np.float32)
     for s in chunks(n, c):
-        block = np.clip(np.asarray(probs[s], dtype=np.float32), 0, None)
+        block = np.clip(read_rows(probs, s), 0, None)
         out[s] = block / block.sum(axis=1, keepdims=True)
     return out
 

@@ -31,6 +31,18 @@ def clearly_above_chance(hits: int, n: int, p0: float, alpha: float = CLEARLY_AB
     return binomial_excess_p(hits, n, p0) < alpha
 
 
+def row_argmax(probs) -> np.ndarray:
+    """probs.argmax(1), in row blocks where probs is a memory map."""
+    if not isinstance(probs, np.memmap):
+        return np.asarray(probs).argmax(1)
+    from labelfix.core.sparse import chunks, read_rows
+
+    out = np.empty(len(probs), dtype=np.int64)
+    for s in chunks(*probs.shape):
+        out[s] = read_rows(probs, s, probs.dtype).argmax(1)
+    return out
+
+
 def agreement_check(probs: np.ndarray, y: np.ndarray, num_classes: int, alpha: float = CLEARLY_ABOVE_P) -> dict:
     """The weak-teacher test of any source of out-of-sample probabilities.
 
@@ -44,7 +56,7 @@ def agreement_check(probs: np.ndarray, y: np.ndarray, num_classes: int, alpha: f
     samples), the test is `testable: False` and never calls a teacher weak.
     """
     n = int(len(y))
-    pred = np.asarray(probs).argmax(1)
+    pred = row_argmax(probs)
     hits = int((pred == y).sum())
     q = np.bincount(pred, minlength=num_classes) / max(n, 1)
     g = np.bincount(y, minlength=num_classes) / max(n, 1)

@@ -175,7 +175,7 @@ def write_review_files(stage: Path, refined, scan, names: list[str]) -> None:
 
     rows = review_rows(refined, scan)
     atomic_write_bytes(stage / rd.REVIEW_CSV, rows.to_csv(index=False).encode())
-    atomic_write_json(stage / rd.LABEL_STUDIO, label_studio_tasks(rows, __version__))
+    atomic_write_json(stage / rd.LABEL_STUDIO, label_studio_tasks(rows, __version__), indent=None)
     atomic_write_bytes(stage / rd.LABEL_STUDIO_CONFIG, label_studio_config(names).encode())
 
 

@@ -112,7 +112,10 @@ def neighbour_vote(
 
 
 def _pool(logs: list[np.ndarray], weights, temperature: float) -> np.ndarray:
-    z = sum(w * lg for w, lg in zip(weights, logs)) / temperature
+    return _softmax(sum(w * lg for w, lg in zip(weights, logs)) / temperature)
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
     z = z - z.max(axis=1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=1, keepdims=True)
@@ -138,8 +141,9 @@ def fit_pool(experts: list[np.ndarray], y: np.ndarray, transition: np.ndarray, r
     t_y = transition[:, y[rows]].T
     best = (-np.inf, None, 1.0)
     for w in weight_grid(len(experts)):
+        mixed = sum(wi * lg for wi, lg in zip(w, logs))  # _pool's sum, once per weight
         for t in TEMPERATURES:
-            ll = float(np.log(np.maximum((_pool(logs, w, t) * t_y).sum(axis=1), 1e-300)).mean())
+            ll = float(np.log(np.maximum((_softmax(mixed / t) * t_y).sum(axis=1), 1e-300)).mean())
             if ll > best[0]:
                 best = (ll, w, float(t))
     return best[1], best[2]

@@ -35,9 +35,11 @@ from labelfix.progress import NullProgress, Progress
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 
 # Inputs with fewer files than this are decoded in threads, not worker processes. Starting two
-# workers (a fresh interpreter importing numpy and PIL) took ~0.25 s on 2 busy cores; PIL holds
-# the GIL for part of each decode, so threads gain little over one core. PROCESS_MIN_FILES is
-# set from measurements in docs/benchmarks-images.md, where processes pay back their start-up.
+# workers (fresh interpreters importing numpy, then PIL) took 0.31-0.35 s on 2 busy cores. On idle
+# cores two processes decode small images at about twice the rate of one (~2,700 28 px PNGs/s),
+# while threads gain little (PIL holds the GIL for much of a small decode): ~0.15 ms saved a file,
+# paid back from ~2,000 files. docs/benchmarks-images.md has the measurements (on a shared machine
+# whose break-even against threads moved between 1,170 and 17,347 files from run to run).
 PROCESS_MIN_FILES = 2_000
 PARALLEL_MODES = ("auto", "inline", "threads", "processes")
 

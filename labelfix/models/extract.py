@@ -143,7 +143,9 @@ class Embedder:
         fd, tmp = tempfile.mkstemp(prefix="labelfix-decode-", suffix=".u8")
         os.close(fd)
         try:
-            arr = decode_images([Path(p) for p in paths], Path(tmp), self.side, self.csv_name, workers=self.threads)
+            arr = decode_images(  # threads: a Ray actor is already one of many workers
+                [Path(p) for p in paths], Path(tmp), self.side, self.csv_name, workers=self.threads, parallel="threads"
+            )
             return np.array(arr.open())
         finally:
             Path(tmp).unlink(missing_ok=True)

@@ -316,6 +316,11 @@ def markdown(results: dict, command: str, total_s: float, repeats: int) -> str:
             "",
             matrix.read_text().strip().replace("\n# ", "\n### ").removeprefix("# "),
         ]
+    for name, tag in (("benchmarks-scale.md", "scale"), ("benchmarks-images.md", "images")):
+        part = ROOT / "docs" / name  # written by examples/bench_scale.py and examples/bench_images.py
+        if part.is_file():
+            body = part.read_text().strip().replace("\n# ", "\n## ")
+            lines += ["", f"<!-- {tag}:start -->", body.removeprefix("# ").removeprefix("## "), f"<!-- {tag}:end -->"]
     notes = ROOT / "docs" / "experiments.md"
     if notes.is_file():
         lines += ["", notes.read_text().strip()]

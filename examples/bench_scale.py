@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 import time
@@ -125,16 +126,31 @@ def run_size(folder: Path, threads: int) -> dict:
     }
 
 
-def datalab(folder: Path, threads: int) -> dict:
-    """cleanlab's Datalab label check with features, in its own process (time and RSS)."""
+def datalab(folder: Path, threads: int, with_probs: bool = False) -> dict:
+    """cleanlab's Datalab label check, in its own process (time, peak RSS, flag F1): on the
+    embeddings alone (`Datalab(features=...)`, which fits its own kNN model: the check users
+    complain about), or with the same probabilities labelfix gets (`with_probs`)."""
+    out = folder / f"datalab-flags-{'probs' if with_probs else 'features'}.npy"
     code = (
         "import numpy as np, pandas as pd; from cleanlab import Datalab; "
         f"f='{folder}'; y=pd.read_csv(f+'/labels.csv')['label'].to_numpy(); "
         "lab=Datalab(data={'label': y}, label_name='label'); "
-        "lab.find_issues(features=np.load(f+'/emb.npy'), pred_probs=np.load(f+'/probs.npy'), issue_types={'label': {}})"
+        "lab.find_issues(features=np.load(f+'/emb.npy'), "
+        + ("pred_probs=np.load(f+'/probs.npy'), " if with_probs else "")
+        + "issue_types={'label': {}}); "
+        f"np.save('{out}', lab.get_issues('label')['is_label_issue'].to_numpy())"
     )
     wall, rss, p = timed([sys.executable, "-c", code], dict(os.environ, OMP_NUM_THREADS=str(threads)))
-    return {"datalab_s": round(wall, 1), "datalab_rss_gb": round(rss, 2), "ok": p.returncode == 0}
+    if p.returncode != 0:  # e.g. cleanlab without its datalab extra: `make bench-scale` installs .[bench]
+        lines = [ln for ln in p.stderr.splitlines() if ln.strip() and not ln.startswith(("\t", " "))]
+        return {"datalab_error": lines[-1] if lines else f"exit {p.returncode}"}
+    import pandas as pd
+
+    from labelfix.core.metrics import precision_recall_f1
+
+    given = pd.read_csv(folder / "labels.csv")["label"].str[1:].astype(int).to_numpy()
+    f1 = precision_recall_f1(np.load(out), given != np.load(folder / "truth.npy"))["f1"]
+    return {"datalab_s": round(wall, 1), "datalab_rss_gb": round(rss, 2), "datalab_f1": round(f1, 4)}
 
 
 def exponent(sizes: list[int], times: list[float]) -> float | None:
@@ -155,11 +171,12 @@ def exponents(runs: dict) -> dict:
     return {k: exponent(*zip(*sorted(v))) for k, v in by_shape.items() if len(v) >= 2}
 
 
-def markdown(results: dict, command: str) -> str:
+def markdown(results: dict) -> str:
     lines = [
         "## Scale (examples/bench_scale.py)",
         "",
-        f"Last command: `{command}`. Synthetic inputs: clustered embeddings, a weak model's probabilities, "
+        "Commands that measured these rows: " + ", ".join(f"`{c}`" for c in results.get("commands", [])) + ". "
+        "Synthetic inputs (make_inputs): class centres, modes and noise (the embeddings column names the spectrum), a weak model's probabilities, "
         "30% symmetric noise; scan (`--pred-probs --embeddings`) and refine each a separate process under "
         "/usr/bin/time -v (peak RSS). Each row names the commit and machine it was measured on.",
         "",
@@ -190,13 +207,23 @@ def markdown(results: dict, command: str) -> str:
     for shape, e in results.get("exponents", {}).items():
         lines.append(f"- Growth exponent of scan + refine time in N (C x D:embeddings = {shape}), log-log fit: {e}")
     dl = results.get("datalab")
-    if dl and "scan_s" in dl:
+    if dl and "datalab_error" in dl:
+        lines.append(f"- cleanlab Datalab on {dl['rows']:,} x {dl['dim']} failed: {dl['datalab_error']}")
+    elif dl and "scan_s" in dl:
+        wp = dl.get("with_probs", {})
         lines += [
-            f"- cleanlab Datalab(features=..., pred_probs=...) label check on the same {dl['rows']:,} x {dl['dim']} "
-            f"input (C = 10, {dl['spectrum']} embeddings): {dl['datalab_s']} s, peak RSS {dl['datalab_rss_gb']} GB; labelfix scan "
-            f"{dl['scan_s']} s, peak RSS {dl['scan_rss_gb']} GB: labelfix {dl['datalab_s'] / dl['scan_s']:.1f}x faster "
-            f"(same run, commit {dl.get('commit')}).",
+            f"- cleanlab Datalab(features=...) label check (its own kNN model on the embeddings) on the same "
+            f"{dl['rows']:,} x {dl['dim']} input (C = 10, {dl['spectrum']} embeddings): {dl['datalab_s']} s, peak RSS "
+            f"{dl['datalab_rss_gb']} GB, flag F1 {dl.get('datalab_f1')}; labelfix scan (--pred-probs --embeddings) "
+            f"{dl['scan_s']} s, peak RSS {dl['scan_rss_gb']} GB, flag F1 {dl['flag_f1']}: labelfix "
+            f"{dl['datalab_s'] / dl['scan_s']:.1f}x faster (same run, commit {dl.get('commit')}).",
         ]
+        if "datalab_s" in wp:
+            lines.append(
+                f"- For reference, Datalab given the same probabilities too (features=..., pred_probs=...: "
+                f"Confident Learning on the probabilities, no model to fit): {wp['datalab_s']} s, flag F1 "
+                f"{wp.get('datalab_f1')}."
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -228,13 +255,40 @@ def main() -> None:
         folder = make_inputs(args.work, args.datalab, 10, 256, args.spectrum)
         results["datalab"] = {"rows": args.datalab, "dim": 256, "spectrum": args.spectrum}
         results["datalab"].update(datalab(folder, args.threads))
+        results["datalab"]["with_probs"] = datalab(folder, args.threads, with_probs=True)
         results["datalab"].update(run_size(folder, args.threads), **stamp)
     results["exponents"] = exponents(results["runs"])
-    command = "python examples/bench_scale.py " + " ".join(sys.argv[1:])
+    command = shlex.join(["python", "examples/bench_scale.py", *sys.argv[1:]])
+    if sizes and args.shapes or args.datalab:  # a run that measured something: its command is listed
+        results["commands"] = list(dict.fromkeys([*results.get("commands", []), command]))
     args.docs.mkdir(parents=True, exist_ok=True)
     store.write_text(json.dumps(results, indent=2) + "\n")
-    (args.docs / "benchmarks-scale.md").write_text(markdown(results, command))
-    print(markdown(results, command))
+    md = markdown(results)
+    (args.docs / "benchmarks-scale.md").write_text(md)
+    if args.docs.resolve() == (ROOT / "docs").resolve():
+        quote_in_readme(md)
+    print(md)
+
+
+def quote_in_readme(md: str) -> None:
+    """docs/benchmarks-scale.md into docs/benchmarks.md and README.md between the scale markers,
+    so their scale numbers always come from the generated file."""
+    body = md.split("\n", 2)[2].strip()  # without the title
+    replace_block(ROOT / "README.md", "Quoted from `docs/benchmarks-scale.md` by `make bench-scale`:\n\n" + body)
+    replace_block(ROOT / "docs" / "benchmarks.md", md.strip().removeprefix("## "), append=True)
+
+
+def replace_block(path: Path, body: str, append: bool = False) -> None:
+    """The text between <!-- scale:start --> and <!-- scale:end --> in `path` becomes `body`;
+    without the markers nothing changes, or with `append` the block is added at the end."""
+    if not path.is_file():
+        return
+    text, start, end = path.read_text(), "<!-- scale:start -->", "<!-- scale:end -->"
+    if start in text and end in text:
+        head, rest = text.split(start, 1)
+        path.write_text(head + start + "\n" + body + "\n" + end + rest.split(end, 1)[1])
+    elif append:
+        path.write_text(text.rstrip() + "\n\n" + start + "\n" + body + "\n" + end + "\n")
 
 
 def commit() -> str:

@@ -4,6 +4,7 @@ used in place, never copied."""
 
 from __future__ import annotations
 
+import json
 import sys
 
 import numpy as np
@@ -112,3 +113,88 @@ def test_a_pass_over_a_memory_map_does_not_keep_it_resident(tmp_path):
     assert _rss_bytes() - before < 24 << 20  # a block or two, not the 64 MB read
     total = sum(float(np.asarray(arr[s]).sum()) for s in chunks(*arr.shape))  # plain reads keep them
     assert _rss_bytes() - before > 48 << 20
+
+
+def test_embedding_scale_does_not_matter():
+    """float32 squares overflow beyond ~1e19 and underflow below ~1e-19: the norm falls back to
+    float64 there, so the unit rows (and the graph) do not depend on the embeddings' scale."""
+    feats = np.random.default_rng(3).normal(size=(200, 16)).astype(np.float32)
+    ref, _ = feature_space(None, feats)
+    for scale in (1e20, 1e-25):
+        got, _ = feature_space(None, (feats.astype(np.float64) * scale).astype(np.float32))
+        np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, rtol=1e-5)
+
+
+def test_errors_name_the_negative_row_and_a_folder(tmp_path):
+    probs = np.full((30, 3), 1 / 3, dtype=np.float32)
+    probs[27] = [1.1, -0.1, 0.0]
+    path = _save(tmp_path, "neg.npy", probs)
+    with pytest.raises(InputError, match="neg.npy: --pred-probs row 27 has negative values"):
+        check_pred_probs(load_npy(path, "--pred-probs", 30, 3), path)
+    with pytest.raises(InputError, match="--pred-probs is a folder"):
+        load_npy(tmp_path, "--pred-probs", 30, 3)
+    path = _save(tmp_path, "wide.npy", np.full((30, 4), 0.25, dtype=np.float32))
+    with pytest.raises(InputError, match="4 columns but there are 3 classes .*--classes"):
+        load_npy(path, "--pred-probs", 30, 3)
+
+
+def test_fortran_ordered_input_reads_the_same(tmp_path):
+    c = SPARSE_ABOVE + 6
+    probs = np.random.default_rng(4).dirichlet(np.ones(c), 300).astype(np.float32)
+    path = _save(tmp_path, "f.npy", np.asfortranarray(probs))
+    got = check_pred_probs(load_npy(path, "--pred-probs", 300, c), path)
+    np.testing.assert_array_equal(np.asarray(got), probs)
+
+
+def _scan_inputs(d, n, c=3, dim=8, seed=5, same_rows=False):
+    from conftest import write_csv
+
+    rng = np.random.default_rng(seed)
+    true = rng.integers(0, c, n)
+    given = np.where(rng.random(n) < 0.2, (true + 1) % c, true)
+    logits = rng.normal(0, 0.7, (n, c))
+    logits[np.arange(n), true] += 3.0
+    np.save(d / "p.npy", (np.exp(logits) / np.exp(logits).sum(1, keepdims=True)).astype(np.float32))
+    emb = np.ones((n, dim)) if same_rows else rng.normal(0, 1, (c, dim))[true] * 3 + rng.normal(0, 1, (n, dim))
+    np.save(d / "e.npy", emb.astype(np.float32))
+    return write_csv(d / "labels.csv", ("path", "label"), [(f"r{i}", f"k{g}") for i, g in enumerate(given)])
+
+
+def test_embeddings_without_label_information_stop_the_run(tmp_path):
+    from conftest import run_cli, stderr_of
+
+    csv = _scan_inputs(tmp_path, 400, same_rows=True)
+    args = [
+        "scan",
+        "--labels",
+        str(csv),
+        "--pred-probs",
+        str(tmp_path / "p.npy"),
+        "--embeddings",
+        str(tmp_path / "e.npy"),
+    ]
+    r = run_cli([*args, "--out", str(tmp_path / "run")])
+    assert r.exit_code == 5, stderr_of(r)
+    assert "embeddings' nearest neighbours agree with the given labels no better than chance" in stderr_of(r)
+    assert not (tmp_path / "run").exists()
+    r = run_cli([*args, "--out", str(tmp_path / "run2"), "--allow-weak-teacher", "--json"])
+    assert r.exit_code == 0, stderr_of(r)
+    assert any("no better than chance" in w for w in json.loads(r.stdout)["warnings"])
+
+
+def test_a_large_run_file_changed_in_place_is_refused(tmp_path):
+    """The manifest's SHA-256 is checked for every file, whatever its size (here graph_ids.npy,
+    7,000 x 20 int64: 1.1 MB)."""
+    from conftest import run_cli, stderr_of
+
+    csv = _scan_inputs(tmp_path, 7_000)
+    run = tmp_path / "run"
+    r = run_cli(["scan", "--labels", str(csv), "--pred-probs", str(tmp_path / "p.npy"), "--out", str(run)])
+    assert r.exit_code == 0, stderr_of(r)
+    ids = np.load(run / "graph_ids.npy")
+    assert ids.nbytes > 1 << 20
+    np.save(run / "graph_ids.npy", np.random.default_rng(0).permutation(ids))  # same size, other content
+    r = run_cli(["refine", str(run)])
+    assert r.exit_code == 4, stderr_of(r)
+    assert "graph_ids.npy: changed since labelfix wrote it (content differs)" in stderr_of(r)

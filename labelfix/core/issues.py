@@ -30,7 +30,13 @@ def feature_space(probs: np.ndarray, features: np.ndarray | None) -> tuple[np.nd
     for s in chunks(*src.shape):
         block = read_rows(src, s)
         block = np.sqrt(block) if features is None else block
-        out[s] = block / np.maximum(np.linalg.norm(block, axis=1, keepdims=True), 1e-12)
+        with np.errstate(over="ignore", under="ignore"):
+            norm = np.linalg.norm(block, axis=1, keepdims=True)
+        out[s] = block / np.maximum(norm, 1e-12)
+        far = np.flatnonzero(~np.isfinite(norm[:, 0]) | ((norm[:, 0] < 1e-12) & block.any(axis=1)))
+        if len(far):  # float32 squares overflowed (|x| ~ 1e19+) or underflowed: the norm in float64
+            wide = block[far].astype(np.float64)
+            out[s.start + far] = wide / np.linalg.norm(wide, axis=1, keepdims=True)
     return out, source
 
 
@@ -113,6 +119,17 @@ def teacher_gate(
         if not allow_weak:
             raise WeakTeacher(weak_teacher_message(check, source))
         warnings.append(weak_teacher_message(check, source, allowed=True))
+    elif with_features and check["embedding_vote"]["weak"]:
+        vote = check["embedding_vote"]
+        why = (
+            f"the embeddings' nearest neighbours agree with the given labels no better than chance "
+            f"({vote['agreement']:.1%} vs {vote['chance']:.1%} by chance, {vote['samples']} rows): their graph "
+            "carries no label information and would only add noise to the flags (rows out of order with the "
+            "CSV? all rows alike?)"
+        )
+        if not allow_weak:
+            raise WeakTeacher(f"{why}; fix --embeddings, scan without them, or pass --allow-weak-teacher")
+        warnings.append(f"{why}; kept because --allow-weak-teacher was given")
     elif not check["testable"]:
         warnings.append(
             f"with {check['samples']} samples no teacher can be told apart from chance ({check['chance']:.1%}): "

@@ -66,6 +66,8 @@ def drop_pages(view) -> None:
 
     if not (isinstance(view, np.memmap) and view.mode == "r" and sys.platform.startswith("linux") and view.nbytes):
         return
+    if not view.flags.c_contiguous:  # a Fortran-ordered file's row block is spread over all of it
+        return
     import ctypes
     import mmap
 

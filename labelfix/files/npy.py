@@ -21,6 +21,8 @@ NUMERIC_KINDS = "biuf"  # bool, signed and unsigned integers, floats: never comp
 def open_npy(path: Path, flag: str) -> np.ndarray:
     """A plain .npy file as an array (memory-mapped), refusing pickles, archives and non-numbers."""
     path = check_path_flag(path, flag)
+    if path.is_dir():
+        raise InputError(f"{path}: {flag} is a folder; give the .npy file")
     if not path.is_file():
         raise InputError(f"{path}: {flag} file not found")
     with open(path, "rb") as f:
@@ -59,7 +61,8 @@ def load_npy(path: Path, flag: str, n_rows: int, n_cols: int | None = None) -> n
     if arr.shape[1] == 0:
         raise InputError(f"{path}: {flag} has no columns (shape {arr.shape})")
     if n_cols is not None and arr.shape[1] != n_cols:
-        raise InputError(f"{path}: {flag} has {arr.shape[1]} columns but there are {n_cols} classes")
+        hint = " (a class no row is given? list them all with --classes)" if arr.shape[1] > n_cols else ""
+        raise InputError(f"{path}: {flag} has {arr.shape[1]} columns but there are {n_cols} classes{hint}")
     nonzero = False
     for s in chunks(*arr.shape):
         block = read_rows(arr, s)
@@ -87,8 +90,9 @@ def check_pred_probs(probs: np.ndarray, path: Path | None, name: str = "--pred-p
     as_is = is_sparse(c) and probs.dtype == np.float32
     for s in chunks(n, c):
         block = read_rows(probs, s)
-        if (block < -1e-6).any():
-            raise InputError(f"{where} has negative values; pass probabilities, not logits")
+        neg = np.flatnonzero((block < -1e-6).any(axis=1))
+        if len(neg):
+            raise InputError(f"{where} row {s.start + neg[0]} has negative values; pass probabilities, not logits")
         sums = block.sum(axis=1)
         bad = np.flatnonzero(np.abs(sums - 1.0) > 1e-3)
         if len(bad):

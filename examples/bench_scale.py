@@ -200,7 +200,7 @@ def markdown(results: dict) -> str:
         total = (r["scan_s"] + r["refine_s"]) / 60
         lines.append(
             f"{head} {r['scan_s']} | {r['scan_rss_gb']} | {r['refine_s']} | {r['refine_rss_gb']} | "
-            f"{total:.1f} | {r['graph']['index']} | {r['graph'].get('recall_at_k')} | {stages} | {r['flag_f1']} | "
+            f"{total:.1f} | {r['graph']['index']} | {r['graph'].get('recall_at_k') or 'exact'} | {stages} | {r['flag_f1']} | "
             f"{r.get('commit')} | {r.get('machine')} |"
         )
     lines.append("")
@@ -232,7 +232,7 @@ def main() -> None:
     ap.add_argument("--sizes", default="100000,300000,1000000")
     ap.add_argument("--shapes", default="10x128,1000x256", help="classes x dimensions, comma-separated")
     ap.add_argument("--spectrum", choices=SPECTRA, default="powerlaw", help="embedding structure (make_inputs)")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS") or 2))
     ap.add_argument("--datalab", type=int, default=0, help="rows of the Datalab comparison at D = 256 (0: none)")
     ap.add_argument("--work", type=Path, default=Path("/tmp/labelfix-scale"))
     ap.add_argument("--docs", type=Path, default=ROOT / "docs")

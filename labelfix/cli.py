@@ -35,11 +35,7 @@ def _main(version: opt.Version = False) -> None:
     """Find and fix wrong labels in image classification datasets."""
     import signal
 
-    # SIGTERM (CI time-outs, kill) unwinds like Ctrl-C, so staged outputs are removed.
-    def _terminate(signum, frame):
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGTERM, cs.on_terminate)
 
 
 @app.command(cls=opt.OneLineCommand)

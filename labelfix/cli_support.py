@@ -12,15 +12,59 @@ from labelfix.config import check_finite
 from labelfix.errors import GateFailed, InputError, LabelfixError, from_os_error
 from labelfix.files.paths import check_path_flag
 
+# Signals received (SIGTERM): a run that got one never goes on, even where a library swallowed the
+# SystemExit it raised (seen: torch's C code imports numpy and takes any error there, SystemExit
+# included, for 'numpy not installed').
+TERMINATED: list[int] = []
+
+
+def on_terminate(signum, frame) -> None:
+    """SIGTERM (CI time-outs, kill) unwinds like Ctrl-C, so staged outputs are removed."""
+    TERMINATED.append(signum)
+    raise SystemExit(128 + signum)
+
+
+def check_terminated() -> None:
+    """Raise the exit of a signal received earlier, if one was (and swallowed on the way)."""
+    if TERMINATED:
+        raise SystemExit(128 + TERMINATED[0])
+
+
+class Interruptible:
+    """A `Progress` that ends the run at its next call once a signal has been received."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    @contextmanager
+    def task(self, description: str, total: int | None) -> Iterator:
+        check_terminated()
+        with self.inner.task(description, total) as t:
+            yield _InterruptibleTask(t)
+        check_terminated()
+
+    def log(self, message: str) -> None:
+        check_terminated()
+        self.inner.log(message)
+
+
+class _InterruptibleTask:
+    def __init__(self, inner):
+        self.inner = inner
+
+    def advance(self, n: int = 1) -> None:
+        check_terminated()
+        self.inner.advance(n)
+
 
 def progress(enabled: bool = True):
     """Bars on a terminal, plain lines when stderr is a file or a CI log (labelfix.terminal);
-    LABELFIX_PROGRESS=none silences them."""
+    LABELFIX_PROGRESS=none silences them. Every call first checks for a received signal."""
     import os
 
     from labelfix.terminal import make_progress
 
-    return make_progress(enabled and os.environ.get("LABELFIX_PROGRESS", "") != "none")
+    return Interruptible(make_progress(enabled and os.environ.get("LABELFIX_PROGRESS", "") != "none"))
 
 
 def fail(exc: LabelfixError) -> None:

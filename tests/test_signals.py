@@ -41,3 +41,27 @@ def test_sigterm_leaves_no_partial_output(tmp_path):
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) == 128 + signal.SIGTERM
     assert not out.exists(), list(out.rglob("*"))
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX signals")
+def test_swallowed_sigterm_still_ends_the_run():
+    """A library that catches the SystemExit a SIGTERM raised (torch's import does, when the
+    signal lands inside it) cannot keep the run going: the next progress call raises it again.
+    This was CI's failure: the scan went on training for 500 epochs."""
+    code = (
+        "import os, signal, sys\n"
+        "from labelfix import cli_support as cs\n"
+        "signal.signal(signal.SIGTERM, cs.on_terminate)\n"
+        "try:\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    signal.sigtimedwait([], 0.5)\n"
+        "except BaseException:\n"
+        "    print('swallowed', flush=True)\n"
+        "progress = cs.progress(False)\n"
+        "with progress.task('train', total=3) as task:\n"
+        "    task.advance()\n"
+        "print('went on', flush=True)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, proc.stderr
+    assert proc.stdout.split() == ["swallowed"]

@@ -4,11 +4,28 @@ from __future__ import annotations
 
 from pathlib import Path
 
+TABLE_CLASSES = 20  # classes shown in the terminal tables; all of them are in summary.json
+
 
 def _console():
     from rich.console import Console
 
     return Console()
+
+
+def _shown_classes(rows: list[dict], key) -> tuple[list[dict], int]:
+    """All rows up to TABLE_CLASSES classes; above, the TABLE_CLASSES with the largest `key`
+    (ties: the order given), and how many were left out."""
+    if len(rows) <= TABLE_CLASSES:
+        return rows, 0
+    top = sorted(range(len(rows)), key=lambda i: (-key(rows[i]), i))[:TABLE_CLASSES]
+    return [rows[i] for i in top], len(rows) - TABLE_CLASSES
+
+
+def _left_out_row(t, hidden: int, what: str) -> None:
+    if hidden:
+        t.add_row(f"... {hidden} more classes", *[""] * (len(t.columns) - 1))
+        t.caption = f"the {TABLE_CLASSES} classes with the most {what}; every class is in summary.json (per_class)"
 
 
 def render_scan(summary: dict, as_json: bool = False) -> None:
@@ -25,8 +42,10 @@ def render_scan(summary: dict, as_json: bool = False) -> None:
     t.add_column("samples", justify="right")
     t.add_column("flagged", justify="right")
     t.add_column("est. noise rate", justify="right")
-    for row in summary["per_class"]:
+    shown, hidden = _shown_classes(summary["per_class"], lambda r: r["issues"])
+    for row in shown:
         t.add_row(row["class"], str(row["n"]), str(row["issues"]), f"{row['estimated_noise_rate']:.1%}")
+    _left_out_row(t, hidden, "flagged rows")
     t.add_section()
     t.add_row(
         "all",
@@ -72,10 +91,14 @@ def render_refine(stats: dict, as_json: bool = False) -> None:
     t = Table(title="labelfix refine: what changed per class")
     for col in ("class", "samples", "relabelled from", "relabelled to", "review"):
         t.add_column(col, justify="left" if col == "class" else "right")
-    for row in stats["per_class"]:
+    shown, hidden = _shown_classes(
+        stats["per_class"], lambda r: r["relabelled_from"] + r["relabelled_to"] + r["review"]
+    )
+    for row in shown:
         t.add_row(
             row["class"], str(row["n"]), str(row["relabelled_from"]), str(row["relabelled_to"]), str(row["review"])
         )
+    _left_out_row(t, hidden, "changes")
     t.add_section()
     c = stats["counts"]
     t.add_row(

@@ -89,6 +89,8 @@ EXIT_CODES = {
     10: "--fail-above: estimated share of wrong labels above the threshold",
     11: "--fail-on-new: more new issues against --baseline than allowed",
     12: "--strict: the run has warnings",
+    130: "interrupted by Ctrl-C (SIGINT): staged outputs removed",
+    143: "terminated by SIGTERM: staged outputs removed",
 }
 
 

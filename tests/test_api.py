@@ -79,7 +79,10 @@ def test_features_alone_use_a_cross_fitted_head(arrays):
         ({"labels": np.array([0, 1, 1]), "pred_probs": np.full((2, 2), 0.5)}, r"pred_probs: must have shape \(3"),
         ({"labels": np.array([0, 3]), "pred_probs": np.full((2, 2), 0.5)}, "labels: class 3"),
         ({"labels": np.array([0, -1]), "pred_probs": np.full((2, 2), 0.5)}, "labels: row 1"),
-        ({"labels": np.array([0, 1]), "pred_probs": np.array([[0.5, 0.6], [0.5, 0.5]])}, "pred_probs: row 0 sums"),
+        (
+            {"labels": np.array([0, 1]), "pred_probs": np.array([[0.5, 0.6], [0.5, 0.5]])},
+            r"pred_probs: row 0 \(counted from 0\) sums",
+        ),
         ({"labels": np.array([0, 1]), "pred_probs": np.array([[np.nan, 1], [0.5, 0.5]])}, "pred_probs: row 0 has NaN"),
         ({"labels": np.array([0, 1]), "pred_probs": np.full((2, 2), 0.5) + 0j}, "pred_probs: must be a real"),
         ({"labels": np.array([0, 1])}, "give pred_probs"),

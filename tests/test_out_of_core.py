@@ -73,12 +73,14 @@ def test_errors_name_the_row_in_a_later_block(tmp_path):
     probs = np.full((n, 4), 0.25, dtype=np.float32)
     probs[n - 2, 1] = np.nan
     path = _save(tmp_path, "nan.npy", probs)
-    with pytest.raises(InputError, match=rf"nan.npy: --pred-probs row {n - 2} has NaN"):
+    with pytest.raises(InputError, match=rf"nan.npy: --pred-probs row {n - 2} \(counted from 0\) has NaN"):
         load_npy(path, "--pred-probs", n, 4)
     probs[n - 2, 1] = 0.25
     probs[n - 1] = [0.5, 0.5, 0.5, 0.5]
     path = _save(tmp_path, "sum.npy", probs)
-    with pytest.raises(InputError, match=rf"sum.npy: --pred-probs row {n - 1} sums to 2.0000, not 1"):
+    with pytest.raises(
+        InputError, match=rf"sum.npy: --pred-probs row {n - 1} \(counted from 0\) sums to 2.0000, not 1"
+    ):
         check_pred_probs(load_npy(path, "--pred-probs", n, 4), path)
     path = _save(tmp_path, "zeros.npy", np.zeros((n, 3), dtype=np.float32))
     with pytest.raises(InputError, match="zeros.npy: --embeddings is all zeros"):
@@ -130,7 +132,7 @@ def test_errors_name_the_negative_row_and_a_folder(tmp_path):
     probs = np.full((30, 3), 1 / 3, dtype=np.float32)
     probs[27] = [1.1, -0.1, 0.0]
     path = _save(tmp_path, "neg.npy", probs)
-    with pytest.raises(InputError, match="neg.npy: --pred-probs row 27 has negative values"):
+    with pytest.raises(InputError, match=r"neg.npy: --pred-probs row 27 \(counted from 0\) has negative values"):
         check_pred_probs(load_npy(path, "--pred-probs", 30, 3), path)
     with pytest.raises(InputError, match="--pred-probs is a folder"):
         load_npy(tmp_path, "--pred-probs", 30, 3)

@@ -69,7 +69,9 @@ def load_npy(path: Path, flag: str, n_rows: int, n_cols: int | None = None) -> n
         finite = np.isfinite(block).all(axis=1)
         if not finite.all():
             i = s.start + int(np.flatnonzero(~finite)[0])
-            raise InputError(f"{path}: {flag} row {i} has NaN or infinite values (or values beyond float32)")
+            raise InputError(
+                f"{path}: {flag} row {i} (counted from 0) has NaN or infinite values (or values beyond float32)"
+            )
         nonzero = nonzero or bool(block.any())
     if not nonzero:
         raise InputError(f"{path}: {flag} is all zeros")
@@ -92,11 +94,13 @@ def check_pred_probs(probs: np.ndarray, path: Path | None, name: str = "--pred-p
         block = read_rows(probs, s)
         neg = np.flatnonzero((block < -1e-6).any(axis=1))
         if len(neg):
-            raise InputError(f"{where} row {s.start + neg[0]} has negative values; pass probabilities, not logits")
+            raise InputError(
+                f"{where} row {s.start + neg[0]} (counted from 0) has negative values; pass probabilities, not logits"
+            )
         sums = block.sum(axis=1)
         bad = np.flatnonzero(np.abs(sums - 1.0) > 1e-3)
         if len(bad):
-            raise InputError(f"{where} row {s.start + bad[0]} sums to {sums[bad[0]]:.4f}, not 1")
+            raise InputError(f"{where} row {s.start + bad[0]} (counted from 0) sums to {sums[bad[0]]:.4f}, not 1")
         as_is = as_is and bool((block >= 0).all() and (np.abs(sums - 1.0) <= NORMALISED).all())
         if out is not None:
             block = np.clip(block, 0, None)
@@ -126,5 +130,5 @@ def load_label_vector(path: Path, flag: str, n_rows: int | None = None, n_classe
     bad = np.flatnonzero((values < 0) | (values > hi if hi is not None else False))
     if len(bad):
         limit = f"0..{hi}" if hi is not None else ">= 0"
-        raise InputError(f"{path}: {flag} row {bad[0]}: class {values[bad[0]]} is outside {limit}")
+        raise InputError(f"{path}: {flag} row {bad[0]} (counted from 0): class {values[bad[0]]} is outside {limit}")
     return values

@@ -109,7 +109,11 @@ def connected(address: str) -> Iterator[tuple[object, str]]:
 
 def _quiet(ray) -> None:
     """Ray Data's progress bars and execution logs off: labelfix reports progress itself."""
-    ctx = ray.data.DataContext.get_current()
+    import warnings
+
+    with warnings.catch_warnings():  # Ray's own defaults trip its deprecation warnings
+        warnings.simplefilter("ignore", DeprecationWarning)
+        ctx = ray.data.DataContext.get_current()
     for name, value in (("enable_progress_bars", False), ("print_on_execution_start", False)):
         if hasattr(ctx, name):
             setattr(ctx, name, value)

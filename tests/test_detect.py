@@ -107,3 +107,36 @@ def test_flat_evidence_flags_nothing():
     det = detect(probs, y, g.ids, g.sims, graph_independent=True)
     assert det.threshold >= 0.5
     assert det.flags.mean() <= det.p_wrong.mean() + 0.05
+
+
+@pytest.mark.parametrize("c", [5, 80])  # dense, and sparse above SPARSE_ABOVE classes
+def test_known_pool_fits_are_replayed_only_on_the_same_inputs(c, monkeypatch):
+    """refine replays scan's pool fits (summary.json detection.pool_fits) instead of refitting:
+    the same detection without a single fit; a different seed, gamma or label vector refits."""
+    import json
+
+    import labelfix.core.detect as dmod
+    import labelfix.core.detect_sparse as smod
+
+    _, y, probs, emb = _world(n=1500, c=c)
+    g = build_knn(emb / np.linalg.norm(emb, axis=1, keepdims=True), 10)
+    first = detect(probs, y, g.ids, g.sims, graph_independent=True)
+    known = json.loads(json.dumps(first.report()["pool_fits"]))  # as it comes back from summary.json
+    assert len(known["fits"]) == 1 + first.iterations
+
+    calls = []
+    for mod in (dmod, smod):
+        real = mod.fit_pool
+        monkeypatch.setattr(mod, "fit_pool", lambda *a, _real=real: calls.append(1) or _real(*a))
+    again = detect(probs, y, g.ids, g.sims, graph_independent=True, known_fits=known)
+    assert calls == []
+    assert np.array_equal(again.p_wrong, first.p_wrong) and np.array_equal(again.flags, first.flags)
+    assert again.report() == first.report()
+
+    other = y.copy()
+    other[0] = (other[0] + 1) % c
+    for kwargs in ({"seed": 1}, {"gamma": 2.0}, {"y": other}):
+        calls.clear()
+        args = {"probs": probs, "y": y, "ids": g.ids, "sims": g.sims, "graph_independent": True, **kwargs}
+        detect(**args, known_fits=known)
+        assert len(calls) == 1 + first.iterations, kwargs

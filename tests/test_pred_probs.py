@@ -119,3 +119,37 @@ def test_rescan_removes_outputs_of_the_earlier_run(synthetic, tmp_path):
     before = sorted(p.name for p in out.iterdir())
     r = run_cli(["scan", "--labels", csv, "--pred-probs", tmp_path / "missing.npy", "--out", out])
     assert r.exit_code == 2 and sorted(p.name for p in out.iterdir()) == before
+
+
+def test_refine_replays_scans_pool_fits(synthetic, tmp_path, monkeypatch):
+    """refine after scan reuses scan's pool fits (summary.json detection.pool_fits) instead of
+    refitting them, and writes what a refit writes."""
+    import labelfix
+    import labelfix.core.detect as dmod
+
+    d, csv, *_ = synthetic
+    monkeypatch.setenv("LABELFIX_PROGRESS", "none")
+    runs = [tmp_path / "replayed", tmp_path / "refitted"]
+    for run in runs:
+        labelfix.scan(out=run, labels_csv=csv, pred_probs=d / "probs.npy", embeddings=d / "emb.npy")
+    fits = json.loads((runs[0] / "summary.json").read_text())["detection"]["pool_fits"]
+    assert fits["key"]["rows"] == N and len(fits["fits"]) == 4
+
+    calls = []
+    real = dmod.fit_pool
+    monkeypatch.setattr(dmod, "fit_pool", lambda *a: calls.append(1) or real(*a))
+    labelfix.refine(runs[0])
+    assert calls == []
+    summary = json.loads((runs[1] / "summary.json").read_text())
+    summary["detection"]["pool_fits"]["key"]["seed"] = 99  # not this run's: refitted
+    (runs[1] / "summary.json").write_text(json.dumps(summary))
+    from labelfix.files import rundir
+
+    monkeypatch.setattr(rundir.RunDir, "check_file", lambda self, name, *a: self.path / name)  # the edit above
+    labelfix.refine(runs[1])
+    assert len(calls) == 4
+    for name in ("refined.parquet", "labels.refined.csv", "review.csv"):
+        a, b = (r / name for r in runs)
+        assert (
+            a.read_bytes() == b.read_bytes() if name != "refined.parquet" else pq.read_table(a).equals(pq.read_table(b))
+        )

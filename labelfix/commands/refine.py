@@ -105,6 +105,7 @@ def refine(
             seed=int(summary.get("seed", 0)),
             extra=extra,
             more_graphs=more_graphs,
+            known_fits=(summary.get("detection") or {}).get("pool_fits"),
         )
         task.advance()
     names_arr = np.array(names, dtype=object)

@@ -13,7 +13,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from labelfix.core.detect import PROB_FLOOR, TEMPERATURES, Detection, f1_threshold, transition_from_joint, weight_grid
+from labelfix.core.detect import (
+    PROB_FLOOR,
+    TEMPERATURES,
+    Detection,
+    PoolFits,
+    f1_threshold,
+    fit_key,
+    transition_from_joint,
+    weight_grid,
+)
 from labelfix.core.selection import calibrated_joint
 from labelfix.core.sparse import TOP_M, Candidates, Scores, TopM, candidates, chunks, probs_on, top_m, vote_on
 
@@ -126,7 +135,18 @@ def _as_top(p, y: np.ndarray, ids: np.ndarray) -> TopM:
 
 
 def detect_sparse(
-    probs, y, ids, sims, graph_independent: bool, extra: dict, gamma: float, seed: int, fit_rows, rounds, more_graphs
+    probs,
+    y,
+    ids,
+    sims,
+    graph_independent: bool,
+    extra: dict,
+    gamma: float,
+    seed: int,
+    fit_rows,
+    rounds,
+    more_graphs,
+    known_fits: dict | None = None,
 ) -> Detection:
     """labelfix.core.detect.detect for large C; `probs` and `extra` are (N, C) arrays or TopM."""
     n, c = probs.shape
@@ -138,21 +158,22 @@ def detect_sparse(
     tops = [_as_top(p, y, ids) for p in given]
     graphs = {"graph vote": (ids, sims), **{f"{k} graph vote": v for k, v in (more_graphs or {}).items()}}
     names = ("probabilities", *(extra or {}).keys(), *graphs.keys())
+    rounds = max(1, rounds) if graph_independent else 1
+    fit = PoolFits(fit_pool, fit_key(y, c, names, gamma, rounds, seed, graph_independent, fit_rows), known_fits)
     cands = candidates(y, tops, [np.asarray(g[0]) for g in graphs.values()], c)
     base = [probs_on(cands, None if isinstance(p, TopM) else p, t, y, ids) for p, t in zip(given, tops)]
     start = base + ([vote_on(cands, ids, sims, y, np.ones(n), gamma)] if graph_independent else [])
     first = start[int(np.argmax([(argmax_class(e, cands) == y).mean() for e in start]))]
     transition = transition_from_joint(confident_joint(first, cands, y))
-    w, t = fit_pool([first], cands, y, transition, rows)
+    w, t = fit([first], cands, y, transition, rows)
     pi = pool([first], cands, w, t)
     p_wrong, post = posterior_wrong(pi, cands, y, transition)
-    rounds = max(1, rounds) if graph_independent else 1
     for r in range(rounds):
         votes = [vote_on(cands, gi, gs, y, 1.0 - p_wrong, gamma) for gi, gs in graphs.values()]
         experts = base + votes
         if r > 0:
             transition = transition_from_joint(confident_joint(pi, cands, y))
-        w, t = fit_pool(experts, cands, y, transition, rows)
+        w, t = fit(experts, cands, y, transition, rows)
         pi = pool(experts, cands, w, t)
         p_wrong, post = posterior_wrong(pi, cands, y, transition)
     thr = max(f1_threshold(p_wrong), 0.5)
@@ -170,6 +191,7 @@ def detect_sparse(
         iterations=rounds,
         candidates=cands,
         teacher=tops[0],
+        pool_fits=fit.record(),
     )
 
 

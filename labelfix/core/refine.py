@@ -114,10 +114,13 @@ def refine_arrays(
     seed: int = 0,
     extra: dict | None = None,
     more_graphs: dict | None = None,
+    known_fits: dict | None = None,
 ) -> Refined:
     """Soft labels and actions from the evidence. Teacher-only, the posterior is exactly scan's
     (same inputs, seed and rounds); `extra` probabilities and `more_graphs` (a student's) join
-    the pool of experts, and the likelihood fit gives them the weight the data supports."""
+    the pool of experts, and the likelihood fit gives them the weight the data supports.
+    `known_fits`: scan's pool fits (summary.json detection.pool_fits), replayed where they were
+    made on the same inputs (labelfix.core.detect.PoolFits)."""
     cfg = cfg or RefineConfig()
     cfg.validate()
     y = np.asarray(y, dtype=np.int64)
@@ -132,6 +135,7 @@ def refine_arrays(
         seed=seed,
         rounds=cfg.rounds,
         more_graphs=more_graphs or {},
+        known_fits=known_fits,
     )
     if det.candidates is not None:  # above SPARSE_ABOVE classes (labelfix.core.detect_sparse)
         return _refine_sparse(det, y, cfg)

@@ -495,3 +495,41 @@ def test_staging_of_a_sigkilled_scan_is_removed_by_the_next_scan(tiny_dataset, t
     r = scan("--labels", csv, "--pred-probs", tmp_path / "p.npy", "--out", out, "--allow-weak-teacher")
     assert r.exit_code == 0, stderr_of(r)
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
+
+
+def test_pred_probs_columns_in_another_class_order(tmp_path):
+    """Labels c0..c11 sort as text (c0, c1, c10, c11, c2, ...); probabilities whose column k is
+    class ck then disagree with nearly every label. Before: exit 0, most rows flagged. Now a
+    one-line error shows the order that fits; --classes in column order scans normally."""
+    c, n = 12, 1200
+    names = [f"c{k}" for k in range(c)]
+    rng = np.random.default_rng(0)
+    true = rng.integers(0, c, n)
+    logits = rng.normal(0, 0.6, (n, c))
+    logits[np.arange(n), true] += 3.5
+    np.save(tmp_path / "probs.npy", (np.exp(logits) / np.exp(logits).sum(1, keepdims=True)).astype(np.float32))
+    csv = write_csv(tmp_path / "labels.csv", ("path", "label"), [(f"i{i}.png", names[k]) for i, k in enumerate(true)])
+    out = tmp_path / "out"
+    r = scan("--labels", csv, "--pred-probs", tmp_path / "probs.npy", "--out", out)
+    assert_input_error(
+        r, out, "probs.npy", "--pred-probs columns do not follow the class order", ",".join(names), "--classes"
+    )
+    r = scan("--labels", csv, "--pred-probs", tmp_path / "probs.npy", "--out", out, "--classes", ",".join(names))
+    assert r.exit_code == 0, stderr_of(r)
+
+
+def test_column_order_check_leaves_aligned_weak_and_noisy_models_alone():
+    from labelfix.models.agreement import column_order_check
+
+    rng = np.random.default_rng(1)
+    for c, noise, acc in ((2, 0.45, 0.9), (10, 0.6, 0.9), (10, 0.3, 0.3), (50, 0.4, 0.6)):
+        true = rng.integers(0, c, 5000)
+        given = np.where(rng.random(5000) < noise, (true + rng.integers(1, c, 5000)) % c, true)
+        pred = np.where(rng.random(5000) < acc, true, rng.integers(0, c, 5000))
+        assert column_order_check(pred, given, c) is None, (c, noise, acc)
+    true = rng.integers(0, 10, 5000)
+    given = np.where(rng.random(5000) < 0.3, (true + rng.integers(1, 10, 5000)) % 10, true)
+    pred = np.where(rng.random(5000) < 0.8, true, rng.integers(0, 10, 5000))
+    perm = rng.permutation(10)
+    found = column_order_check(perm[pred], given, 10)  # column perm[k] holds class k
+    assert found is not None and np.array_equal(found["column_class"][perm], np.arange(10))

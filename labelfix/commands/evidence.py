@@ -14,6 +14,7 @@ import numpy as np
 from labelfix import __version__
 from labelfix.config import ScanConfig
 from labelfix.core.issues import feature_space
+from labelfix.errors import InputError
 from labelfix.files import rundir as rd
 from labelfix.files.inputs import (
     LabelSet,
@@ -49,6 +50,7 @@ def given_evidence(inputs: ScanInputs, labels: LabelSet) -> Evidence:
     """--pred-probs (and --embeddings) as the user gave them, checked against the labels."""
     c = len(labels.class_names)
     probs = check_pred_probs(load_npy(inputs.pred_probs, "--pred-probs", labels.n, c), inputs.pred_probs)
+    check_column_order(probs, labels, inputs.pred_probs)
     hashes = {"labels_sha256": labels.labels_sha256, "pred_probs_sha256": sha256_file(inputs.pred_probs)}
     features = None
     if inputs.embeddings is not None:
@@ -60,6 +62,26 @@ def given_evidence(inputs: ScanInputs, labels: LabelSet) -> Evidence:
         files = resolve_paths(inputs.images_dir, labels, str(inputs.labels_csv))
         row_hashes = file_hashes(files)
     return Evidence(probs, emb, source, hashes, row_hashes=row_hashes)
+
+
+def check_column_order(probs, labels: LabelSet, path: Path) -> None:
+    """Bad input (exit 2) when --pred-probs' columns evidently follow another class order than
+    labelfix's (labelfix.models.agreement.column_order_check), naming the order that fits."""
+    from labelfix.models.agreement import column_order_check, row_argmax
+
+    names = labels.class_names
+    found = column_order_check(row_argmax(probs), labels.y, len(names))
+    if found is None:
+        return
+    fits = [names[k] for k in found["column_class"]]
+    shown = ",".join(fits) if len(fits) <= 12 else ",".join(fits[:12]) + ",..."
+    raise InputError(
+        f"{path}: --pred-probs columns do not follow the class order ({', '.join(names[:6])}"
+        f"{', ...' if len(names) > 6 else ''}; --classes if given, else numbers by value and names sorted as text): "
+        f"the given labels agree with the columns' argmax on {found['agreement']:.1%} of rows as they are, "
+        f"on {found['reordered_agreement']:.1%} with the columns read as {shown}; "
+        "pass --classes with the class of each column, in column order"
+    )
 
 
 def file_hashes(files: list[Path]) -> list[bytes]:

@@ -51,9 +51,22 @@ def test_refine_with_a_changed_csv_leaves_the_run_untouched(run):
     args = ["scan", "--labels", csv, "--pred-probs", run.parent / "probs.npy", "--out", run]
     assert run_cli(args).exit_code == 0 and run_cli(["refine", run]).exit_code == 0
     before = _snapshot(run)
-    csv.write_text(csv.read_text().replace("i0.png", "other.png"))
+    text = csv.read_text()
+    csv.write_text(text.replace("i0.png", "other.png"))
     r = run_cli(["refine", run])
     assert r.exit_code == 4 and "changed since the scan" in stderr_of(r)
+    assert _snapshot(run) == before
+    # a label changed, paths the same: labels.refined.csv would have carried a label nothing checked
+    head, first, *rest = text.splitlines()
+    path, label = first.rsplit(",", 1)
+    other = next(line.rsplit(",", 1)[1] for line in rest if line.rsplit(",", 1)[1] != label)
+    csv.write_text("\n".join([head, f"{path},{other}", *rest]) + "\n")
+    r = run_cli(["refine", run])
+    assert r.exit_code == 4 and "changed since the scan" in stderr_of(r) and "SHA-256" in stderr_of(r)
+    assert _snapshot(run) == before
+    csv.unlink()  # gone: labels.refined.csv cannot be that file relabelled
+    r = run_cli(["refine", run])
+    assert r.exit_code == 4 and "is gone" in stderr_of(r)
     assert _snapshot(run) == before
 
 

@@ -20,6 +20,7 @@ from labelfix.core.refine import RefineConfig, Refined, ambiguity, js_divergence
 from labelfix.core.sparse import SOFT_COLUMNS, TOP_COLUMNS, TopM, is_sparse
 from labelfix.errors import RunDirError
 from labelfix.files import rundir as rd
+from labelfix.files.inputs import sha256_file
 from labelfix.files.outputs import atomic_write_bytes, atomic_write_json, list_column, write_parquet
 from labelfix.files.rundir import RunDir
 from labelfix.progress import NullProgress, Progress
@@ -231,7 +232,13 @@ def refined_csv(summary: dict, df, labels: np.ndarray, action: np.ndarray, drop_
 
     inp = summary["inputs"]
     src = inp.get("labels_csv")
-    if src and Path(src).is_file():
+    if src:
+        if not Path(src).is_file():
+            raise RunDirError(
+                f"{src}: the labels CSV the scan read is gone (labels.refined.csv is that file, relabelled); put it back or run labelfix scan again"
+            )
+        if inp.get("labels_sha256") and sha256_file(Path(src)) != inp["labels_sha256"]:
+            raise RunDirError(f"{src}: changed since the scan (its SHA-256 differs); run labelfix scan again")
         user = pd.read_csv(src, dtype=str, keep_default_na=False)
         path_col, col = inp.get("path_col", "path"), inp.get("label_col", "label")
         if path_col not in user.columns or col not in user.columns:

@@ -82,8 +82,9 @@ def scan(
     given["--baseline"] = baseline
     with cs.one_line({"--out": out, "--summary-md": summary_md}, given):
         cs.check_gates(fail_above, fail_on_new, baseline)
-        for flag, value in {**given, "--summary-md": summary_md}.items():
+        for flag, value in given.items():
             check_path_flag(value, flag)
+        cs.check_output_file(summary_md, "--summary-md")
         cs.prepare_out(out)
         tcfg = TeacherConfig(
             teacher=teacher,
@@ -120,7 +121,7 @@ def report(run_dir: opt.ReportRunDir, out: opt.ReportOut = None) -> None:
 
     with cs.one_line({"--out": out}, {"RUN_DIR": run_dir}):
         check_path_flag(run_dir, "RUN_DIR")
-        check_path_flag(out, "--out")
+        cs.check_output_file(out, "--out")
         path = write_report(run_dir, out)
     typer.echo(f"labelfix: report written to {path}")
 

@@ -91,6 +91,13 @@ def one_line(outputs: dict[str, Optional[Path]], inputs: Optional[dict[str, Opti
         fail(from_os_error(exc, outputs, inputs))
 
 
+def check_output_file(path: Optional[Path], flag: str) -> None:
+    """labelfix.files.outputs.check_output_file (imported when used: numpy is slow to import)."""
+    from labelfix.files.outputs import check_output_file as check
+
+    check(path, flag)
+
+
 def prepare_out(out: Path, flag: str = "--out") -> None:
     """Refuse an unwritable output folder before any work; clear what killed runs left there.
     RUN_DIR (refine, distill) is checked only when it is a folder: the command says what is
@@ -129,8 +136,13 @@ def after_scan(result, out: Path, report: bool, summary_md: Optional[Path]) -> N
 
 
 def next_steps(out: Path, report: bool) -> None:
-    opened = f"open {out / 'report.html'}" if report else f"labelfix report {out}"
-    typer.echo(f"labelfix: outputs in {out}/ (scan.parquet, summary.json); next: {opened}, or labelfix refine {out}")
+    """The next commands, with paths quoted for a shell (a space in a folder name)."""
+    from shlex import quote
+
+    opened = f"open {quote(str(out / 'report.html'))}" if report else f"labelfix report {quote(str(out))}"
+    typer.echo(
+        f"labelfix: outputs in {out}/ (scan.parquet, summary.json); next: {opened}, or labelfix refine {quote(str(out))}"
+    )
 
 
 def gates(result, fail_above, fail_on_new, strict) -> None:

@@ -104,7 +104,7 @@ def from_os_error(exc: OSError, outputs: dict[str, object], inputs: dict[str, ob
     """A one-line error for an OSError (full disk, read-only folder, unreadable file) that names
     the flag whose path holds the file: `outputs` and `inputs` map flags to paths. A write error
     without a file name (ENOSPC from a write) names the first output flag."""
-    reason = exc.strerror or exc.__class__.__name__
+    reason = exc.strerror or " ".join(str(exc).split()) or exc.__class__.__name__
     name = exc.filename
     where = os.fspath(name) if isinstance(name, (str, bytes, os.PathLike)) else None
     for kind, flags in ((OutputError, outputs), (InputError, inputs or {})):
@@ -113,7 +113,8 @@ def from_os_error(exc: OSError, outputs: dict[str, object], inputs: dict[str, ob
                 continue
             root = Path(os.fspath(path)).absolute()
             target = Path(where).absolute()
-            if target == root or target.is_relative_to(root):
+            temp = target.parent == root.parent and target.name.startswith(f".{root.name}.")  # atomic write's
+            if target == root or target.is_relative_to(root) or temp:
                 return kind(f"{flag} {path}: {reason} ({where})")
     if exc.errno in WRITE_ERRNOS and outputs:
         flag, path = next(iter(outputs.items()))

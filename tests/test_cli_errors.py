@@ -533,3 +533,28 @@ def test_column_order_check_leaves_aligned_weak_and_noisy_models_alone():
     perm = rng.permutation(10)
     found = column_order_check(perm[pred], given, 10)  # column perm[k] holds class k
     assert found is not None and np.array_equal(found["column_class"][perm], np.arange(10))
+
+
+def test_summary_md_that_cannot_be_written_is_refused_before_the_run(tmp_path):
+    """Before: the run's outputs were written, then the Markdown failed with a temp-file name."""
+    n, c = 60, 3
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "probs.npy", rng.dirichlet(np.ones(c), n).astype(np.float32))
+    csv = write_csv(tmp_path / "labels.csv", ("path", "label"), [(f"i{i}.png", f"k{i % c}") for i in range(n)])
+    out = tmp_path / "out"
+    base = ["--labels", csv, "--pred-probs", tmp_path / "probs.npy", "--out", out, "--allow-weak-teacher"]
+    assert_input_error(scan(*base, "--summary-md", tmp_path), out, "--summary-md", "is a directory")
+    assert_input_error(scan(*base, "--summary-md", csv / "x.md"), out, "--summary-md", "is a file")
+
+
+def test_image_folder_leaves_out_hidden_files(tmp_path):
+    """macOS copies leave ._NAME AppleDouble files beside each image; one aborted the scan."""
+    from labelfix.files.inputs import read_image_folder
+
+    for c in "ab":
+        write_tiny_images(tmp_path / "img" / c, n_per_class=3, classes=(c,))
+    (tmp_path / "img" / "a" / "._a_0.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    (tmp_path / "img" / "b" / ".ipynb_checkpoints").mkdir()
+    (tmp_path / "img" / "b" / ".ipynb_checkpoints" / "b_0.png").write_bytes(b"not an image")
+    labels = read_image_folder(tmp_path / "img")
+    assert sorted(labels.paths) == [f"{c}/{c}_{i}.png" for c in "ab" for i in range(3)]

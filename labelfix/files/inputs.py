@@ -225,7 +225,9 @@ def check_class_sizes(labels: LabelSet, source: str) -> None:
 
 
 def read_image_folder(root: Path, class_order: list[str] | None = None) -> LabelSet:
-    """ImageFolder layout: ROOT/CLASS_NAME/IMAGE, one subfolder per class."""
+    """ImageFolder layout: ROOT/CLASS_NAME/IMAGE, one subfolder per class. Hidden files and
+    folders (names starting with '.': macOS's ._* AppleDouble files, .ipynb_checkpoints) are
+    not images of the dataset and are left out."""
     root = Path(root)
     classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not classes:
@@ -233,7 +235,8 @@ def read_image_folder(root: Path, class_order: list[str] | None = None) -> Label
     paths, given = [], []
     for c in classes:
         for f in sorted((root / c).rglob("*")):
-            if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS:
+            hidden = any(part.startswith(".") for part in f.relative_to(root / c).parts)
+            if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS and not hidden:
                 paths.append(f.relative_to(root).as_posix())
                 given.append(c)
     if not paths:

@@ -325,6 +325,28 @@ def check_output_dir(path: Path | None, flag: str = "--out") -> None:
         raise OutputError(f"{path}: {flag} cannot be written ({exc.strerror or exc.__class__.__name__})") from None
 
 
+def check_output_file(path: Path | None, flag: str) -> None:
+    """Refuse an output file that cannot be written, before any work (`--summary-md`, `report
+    --out`): an existing folder, a parent that is a file, or a folder where a file cannot be
+    created; probed by creating and removing an empty temporary file."""
+    if path is None:
+        return
+    path = check_path_flag(path, flag)
+    if path.is_dir():
+        raise OutputError(f"{path}: {flag} is a directory; give a file name")
+    parent = path.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise OutputError(f"{path}: {flag} cannot be created ({parent} is a file)")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=parent, prefix=".labelfix-probe-")
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as exc:
+        raise OutputError(f"{path}: {flag} cannot be written ({exc.strerror or exc.__class__.__name__})") from None
+
+
 @contextmanager
 def leave_no_trace(folder: Path, restore: tuple[str, ...] = ()) -> Iterator[Path]:
     """On any failure in the block, remove every file and folder it created under `folder` (and

@@ -146,19 +146,25 @@ def next_steps(out: Path, report: bool) -> None:
 
 
 def gates(result, fail_above, fail_on_new, strict) -> None:
-    """The CI gates, after the outputs are written: --fail-above, --fail-on-new, --strict."""
+    """The CI gates, after the outputs are written: --fail-above, --fail-on-new, --strict. Every
+    gate that trips prints its line; the exit code is the first one's (10, 11, 12)."""
     from labelfix.errors import NewIssues, StrictWarnings
 
+    tripped = []
     rate = result.summary["estimated_noise_rate"]
     if fail_above is not None and rate > fail_above:
-        fail(GateFailed(f"estimated share of wrong labels {rate:.4f} exceeds --fail-above {fail_above}"))
+        tripped.append(GateFailed(f"estimated share of wrong labels {rate:.4f} exceeds --fail-above {fail_above}"))
     if fail_on_new is not None and result.baseline is not None and len(result.baseline.new) > fail_on_new:
         new = len(result.baseline.new)
-        fail(
+        tripped.append(
             NewIssues(
                 f"{new} new issue{'s' if new != 1 else ''} against --baseline {result.baseline.baseline} (--fail-on-new {fail_on_new})"
             )
         )
     if strict and result.summary.get("warnings"):
         n = len(result.summary["warnings"])
-        fail(StrictWarnings(f"--strict: the run has {n} warning(s): {result.summary['warnings'][0]}"))
+        tripped.append(StrictWarnings(f"--strict: the run has {n} warning(s): {result.summary['warnings'][0]}"))
+    for gate in tripped:
+        typer.echo(f"labelfix: error: {' '.join(str(gate).split())}", err=True)
+    if tripped:
+        raise typer.Exit(tripped[0].exit_code)

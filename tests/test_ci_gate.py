@@ -49,6 +49,17 @@ def test_fail_on_new_trips_on_five_new_wrong_labels(gate_run, tmp_path):
     assert summary["baseline"]["new_issues"] == 5
 
 
+def test_every_tripped_gate_prints_its_line(gate_run, tmp_path):
+    """--fail-above and --fail-on-new both tripped: two lines, the exit code of the first (10)."""
+    d, _ = gate_run
+    md = tmp_path / "summary.md"
+    args = ["scan", "--labels", d / "labels5.csv", "--pred-probs", d / "probs.npy", "--out", tmp_path / "run"]
+    r = run_cli(args + ["--baseline", d / "base", "--fail-on-new", "0", "--fail-above", "0.01", "--summary-md", md])
+    lines = stderr_of(r).strip().splitlines()
+    assert r.exit_code == 10 and len(lines) == 2, stderr_of(r)
+    assert "--fail-above 0.01" in lines[0] and "5 new issues" in lines[1]
+
+
 def test_fail_on_new_passes_at_the_limit(gate_run, tmp_path):
     d, _ = gate_run
     r, md = _gate(d, tmp_path, 5)

@@ -11,6 +11,8 @@ import pytest
 from conftest import FAST_CLI, run_cli, stderr_of, write_csv, write_tiny_images
 from PIL import Image
 
+from labelfix.errors import InputError
+
 
 def assert_input_error(result, out, *needles):
     """Exit 2, exactly one stderr line starting with 'labelfix: error:' that contains every needle."""
@@ -558,3 +560,13 @@ def test_image_folder_leaves_out_hidden_files(tmp_path):
     (tmp_path / "img" / "b" / ".ipynb_checkpoints" / "b_0.png").write_bytes(b"not an image")
     labels = read_image_folder(tmp_path / "img")
     assert sorted(labels.paths) == [f"{c}/{c}_{i}.png" for c in "ab" for i in range(3)]
+
+
+def test_messages_say_what_is_wrong(tmp_path):
+    from labelfix.files.inputs import read_class_list
+
+    with pytest.raises(InputError, match="'c0' listed more than once"):
+        read_class_list("c0,c0,c1,c2")
+    a_file = write_csv(tmp_path / "labels.csv", ("path", "label"), [("i.png", "a")])
+    r = run_cli(["refine", a_file])
+    assert r.exit_code == 4 and "a file, not a run directory" in stderr_of(r)

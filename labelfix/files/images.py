@@ -120,6 +120,13 @@ def run_chunk(task: dict) -> dict:
     gray], ...]}, "decode" writes the rows into the memmap at `task["out"]` (shape
     `task["shape"]`, opened "r+" at the chunk's offset) and gives {"digests": [...]}. Takes
     and returns JSON-able values only: worker processes read the task from their stdin."""
+    import warnings
+
+    from PIL import Image
+
+    # PIL warns on stderr from 89M pixels on (an image that big is decoded, as documented) and
+    # refuses from 179M (DecompressionBombError: the row's unreadable-image error)
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
     paths, start, csv_name = task["paths"], task["start"], task["csv_name"]
     if task["kind"] == "check":
         whys = [(start + j, _load_problem(Path(p))) for j, p in enumerate(paths)]

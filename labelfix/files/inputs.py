@@ -87,7 +87,12 @@ def read_class_list(value: str | None) -> list[str] | None:
         raise InputError(f"--classes {value}: cannot be read ({exc.__class__.__name__})") from None
     if names is None:
         names = [s.strip() for s in value.split(",") if s.strip()]
-    if len(names) < 2 or len(set(names)) != len(names):
+    from collections import Counter
+
+    twice = sorted(n for n, times in Counter(names).items() if times > 1)
+    if twice:
+        raise InputError(f"--classes: {', '.join(repr(n) for n in twice[:5])} listed more than once")
+    if len(names) < 2:
         raise InputError("--classes: needs at least two distinct class names")
     return names
 

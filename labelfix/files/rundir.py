@@ -142,7 +142,8 @@ class RunDir:
 
     def load_summary(self) -> dict:
         if not self.path.is_dir():
-            raise RunDirError(f"{self.path}: run directory not found")
+            what = "a file, not a run directory" if self.path.exists() else "run directory not found"
+            raise RunDirError(f"{self.path}: {what}")
         path = self.path / SUMMARY
         if path.is_file() and SUMMARY not in self.manifest():
             _check_old_version(path)  # a run of another labelfix version has no manifest

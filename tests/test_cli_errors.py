@@ -570,3 +570,12 @@ def test_messages_say_what_is_wrong(tmp_path):
     a_file = write_csv(tmp_path / "labels.csv", ("path", "label"), [("i.png", "a")])
     r = run_cli(["refine", a_file])
     assert r.exit_code == 4 and "a file, not a run directory" in stderr_of(r)
+
+
+def test_teacher_flags_with_pred_probs_are_refused(tmp_path):
+    """Before: exit 0 and summary.json recorded 'teacher: resnet18' for a run that used none."""
+    np.save(tmp_path / "probs.npy", np.full((4, 2), 0.5, dtype=np.float32))
+    csv = write_csv(tmp_path / "labels.csv", ("path", "label"), [(f"i{i}.png", "ab"[i % 2]) for i in range(4)])
+    out = tmp_path / "out"
+    r = scan("--labels", csv, "--pred-probs", tmp_path / "probs.npy", "--out", out, "--teacher", "resnet18")
+    assert_input_error(r, out, "--teacher", "--pred-probs")

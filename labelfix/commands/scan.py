@@ -122,6 +122,10 @@ def check_inputs(inputs: ScanInputs, cfg: ScanConfig) -> None:
         raise InputError("--embeddings needs --pred-probs (or leave both out to use a teacher)")
     if inputs.pred_probs is not None and inputs.labels_csv is None:
         raise InputError("--pred-probs needs --labels CSV (its rows follow the CSV's rows)")
+    t = cfg.teacher
+    unused = [f for f, v in (("--teacher", t.teacher != "auto"), ("--weights", t.weights), ("--arch", t.arch)) if v]
+    if inputs.pred_probs is not None and unused:
+        raise InputError(f"{'/'.join(unused)}: no teacher runs with --pred-probs (its probabilities are the evidence)")
     if inputs.pred_probs is None and inputs.images_dir is None:
         raise InputError("give IMAGES_DIR (the folder the CSV's paths are relative to), or --pred-probs")
     if inputs.pred_probs is None:

@@ -537,6 +537,20 @@ def test_column_order_check_leaves_aligned_weak_and_noisy_models_alone():
     assert found is not None and np.array_equal(found["column_class"][perm], np.arange(10))
 
 
+def test_column_order_check_above_the_dense_limit_matches_greedily(monkeypatch):
+    """Thousands of classes: no C x C matrix, a greedy matching of the counted pairs."""
+    import labelfix.models.agreement as agreement
+
+    monkeypatch.setattr(agreement, "DENSE_ORDER_CHECK", 4)
+    rng = np.random.default_rng(2)
+    true = rng.integers(0, 40, 8000)
+    pred = np.where(rng.random(8000) < 0.8, true, rng.integers(0, 40, 8000))
+    assert agreement.column_order_check(pred, true, 40) is None
+    perm = rng.permutation(40)
+    found = agreement.column_order_check(perm[pred], true, 40)
+    assert found is not None and np.array_equal(found["column_class"][perm], np.arange(40))
+
+
 def test_summary_md_that_cannot_be_written_is_refused_before_the_run(tmp_path):
     """Before: the run's outputs were written, then the Markdown failed with a temp-file name."""
     n, c = 60, 3

@@ -10,6 +10,7 @@ import numpy as np
 # majority-class share. Used by the stall detector (training agreement) and by the weak-teacher
 # gate (out-of-sample agreement of any probability source).
 CLEARLY_ABOVE_P = 1e-3
+DENSE_ORDER_CHECK = 2048  # classes up to which column_order_check solves the exact assignment (32 MB)
 
 
 def majority_share(y: np.ndarray, num_classes: int) -> float:
@@ -45,25 +46,39 @@ def row_argmax(probs) -> np.ndarray:
 
 def column_order_check(pred: np.ndarray, y: np.ndarray, num_classes: int) -> dict | None:
     """Do the probability columns follow the class order? `pred` is the argmax column of each
-    row, `y` its given class. Counts M[j, k] (rows predicted j, given k) and the one-to-one
-    relabelling of columns that agrees most with the given labels (assignment on M, C x C:
-    never N x C). Misaligned: the best relabelling agrees at least twice as often as the columns
-    as they are, and clearly above chance (the weak-teacher gate's binomial test). A usable
-    model in the right order puts most of each class on its own column, so reordering cannot
-    double its agreement; names sorted as text while the columns follow another order (c10
-    before c2) give the gap seen (2.1% as given, 78% reordered). Returns None when aligned, else
+    row, `y` its given class. Counts the (column, class) pairs and finds the one-to-one
+    relabelling of columns that agrees most with the given labels: an exact assignment on the
+    C x C counts up to DENSE_ORDER_CHECK classes, above that the greedy matching of the pairs in
+    decreasing count (at least half the best; it only misses cases, never adds them): never N x C,
+    nor C x C for thousands of classes. Misaligned: the relabelling agrees at least twice as often
+    as the columns as they are, and clearly above chance (the weak-teacher gate's binomial test).
+    A usable model in the right order puts most of each class on its own column, so reordering
+    cannot double its agreement; names sorted as text while the columns follow another order
+    (c10 before c2) gave 2.1% as they are vs 54.9% reordered. Returns None when aligned, else
     {"agreement", "reordered_agreement", "column_class": column j -> the class it fits}."""
-    from scipy.optimize import linear_sum_assignment
+    n, c = max(len(y), 1), num_classes
+    code, count = np.unique(np.asarray(pred, dtype=np.int64) * c + np.asarray(y, dtype=np.int64), return_counts=True)
+    col, cls = code // c, code % c
+    as_is = int(count[col == cls].sum())
+    chance = float(np.dot(np.bincount(pred, minlength=c), np.bincount(y, minlength=c))) / n / n
+    column_class = np.full(c, -1, dtype=np.int64)
+    if c <= DENSE_ORDER_CHECK:
+        from scipy.optimize import linear_sum_assignment
 
-    n = max(len(y), 1)
-    m = np.bincount(pred * num_classes + y, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
-    rows, cols = linear_sum_assignment(m, maximize=True)
-    best, as_is = int(m[rows, cols].sum()), int(np.trace(m))
-    chance = float(np.dot(m.sum(axis=1), m.sum(axis=0))) / n / n
+        m = np.zeros((c, c), dtype=np.int64)
+        m[col, cls] = count
+        rows, cols = linear_sum_assignment(m, maximize=True)
+        column_class[rows] = cols
+    else:
+        taken = np.zeros(c, dtype=bool)
+        for i in np.argsort(-count, kind="stable"):
+            if column_class[col[i]] < 0 and not taken[cls[i]]:
+                column_class[col[i]], taken[cls[i]] = cls[i], True
+    best = int(count[column_class[col] == cls].sum())
     if best < 2 * as_is or not clearly_above_chance(best, n, chance):
         return None
-    column_class = np.empty(num_classes, dtype=np.int64)
-    column_class[rows] = cols
+    free = np.setdiff1d(np.arange(c), column_class[column_class >= 0])  # columns no row fits: any class left
+    column_class[column_class < 0] = free
     return {"agreement": as_is / n, "reordered_agreement": best / n, "column_class": column_class}
 
 

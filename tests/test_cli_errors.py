@@ -593,3 +593,13 @@ def test_teacher_flags_with_pred_probs_are_refused(tmp_path):
     out = tmp_path / "out"
     r = scan("--labels", csv, "--pred-probs", tmp_path / "probs.npy", "--out", out, "--teacher", "resnet18")
     assert_input_error(r, out, "--teacher", "--pred-probs")
+
+
+def test_auto_teacher_refuses_weights_and_arch(tiny_dataset, tmp_path):
+    """Before: accepted and silently ignored (a user thought they had a pretrained teacher)."""
+    img, csv, _rows = tiny_dataset
+    out = tmp_path / "out"
+    r = scan(img, "--labels", csv, "--out", out, "--weights", "DEFAULT")
+    assert_input_error(r, out, "--weights", "auto teacher")
+    r = scan(img, "--labels", csv, "--out", out, "--arch", "resnet18")
+    assert_input_error(r, out, "--arch", "auto teacher")

@@ -45,7 +45,7 @@ def load_torchvision(arch: str, weights: str | None, num_classes_hint: int | Non
         cache = Path(torch.hub.get_dir()) / "checkpoints" / Path(w.url).name
         raise TeacherUnavailable(
             f"--teacher {arch} --weights {w.name}: weights not in the torch cache ({cache}) and could not be "
-            f"downloaded ({exc.__class__.__name__}); copy {Path(w.url).name} there or use --teacher auto"
+            f"downloaded ({exc.__class__.__name__}); copy {Path(w.url).name} there, or give a local checkpoint as --teacher (scan also has --teacher auto)"
         ) from None
     return model, w
 
@@ -176,6 +176,12 @@ def frozen_teacher(
 def validate_teacher(cfg: TeacherConfig) -> None:
     """Check `--teacher`, `--weights` and `--arch` before any image is decoded."""
     if cfg.teacher == "auto":
+        unused = [f for f, v in (("--weights", cfg.weights), ("--arch", cfg.arch)) if v]
+        if unused:
+            raise InputError(
+                f"{'/'.join(unused)}: the auto teacher is trained here from scratch; they go with --teacher "
+                "(a torchvision name with --weights, a state-dict checkpoint with --arch)"
+            )
         return
     path = Path(cfg.teacher)
     if path.exists():

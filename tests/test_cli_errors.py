@@ -603,3 +603,12 @@ def test_auto_teacher_refuses_weights_and_arch(tiny_dataset, tmp_path):
     assert_input_error(r, out, "--weights", "auto teacher")
     r = scan(img, "--labels", csv, "--out", out, "--arch", "resnet18")
     assert_input_error(r, out, "--arch", "auto teacher")
+
+
+def test_a_row_naming_a_folder_says_so(tiny_dataset, tmp_path):
+    img, csv, _rows = tiny_dataset
+    (img / "b_1.png").unlink()
+    (img / "b_1.png").mkdir()
+    out = tmp_path / "out"
+    r = scan(img, "--labels", csv, "--out", out, *FAST_CLI)
+    assert_input_error(r, out, "b_1.png", "a folder, not an image file", "row 6")

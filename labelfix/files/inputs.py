@@ -289,7 +289,8 @@ def resolve_paths(root: Path, labels: LabelSet, csv_name: str) -> list[Path]:
         if not full.is_relative_to(root):
             raise InputError(f"{csv_name}: row {i + 2}: path {show(p)} escapes the images folder {root}")
         if not is_file:
-            raise InputError(f"{full}: image not found (row {i + 2} of {csv_name})")
+            what = "a folder, not an image file" if full.is_dir() else "image not found"
+            raise InputError(f"{full}: {what} (row {i + 2} of {csv_name})")
         j = seen.setdefault(full, i)
         if j != i:
             raise InputError(

@@ -307,14 +307,20 @@ def remove_stale_staging(out: Path) -> list[Path]:
 def check_output_dir(path: Path | None, flag: str = "--out") -> None:
     """Refuse an output folder that cannot be written, before any work: a path the system
     cannot hold (NUL, over-long), an existing file, or a folder (or its nearest existing parent)
-    where a file cannot be created (read-only, full, no permission); probed by creating and
-    removing an empty folder, which also works for root on a read-only file system."""
+    where nothing can be created (_probe_nearest)."""
     if path is None:
         return
     path = check_path_flag(path, flag)
     if path.exists() and not path.is_dir():
         raise OutputError(f"{path}: {flag} exists and is not a directory")
-    parent = path.absolute()
+    _probe_nearest(path, path.absolute(), flag)
+
+
+def _probe_nearest(path: Path, start: Path, flag: str) -> None:
+    """Refuse `path` unless an entry can be created in `start` or its nearest existing parent
+    (read-only, full, no permission): probed by creating and removing an empty folder, which also
+    works for root on a read-only file system."""
+    parent = start
     while not parent.exists():
         parent = parent.parent
     if not parent.is_dir():
@@ -327,24 +333,14 @@ def check_output_dir(path: Path | None, flag: str = "--out") -> None:
 
 def check_output_file(path: Path | None, flag: str) -> None:
     """Refuse an output file that cannot be written, before any work (`--summary-md`, `report
-    --out`): an existing folder, a parent that is a file, or a folder where a file cannot be
-    created; probed by creating and removing an empty temporary file."""
+    --out`): an existing folder, a parent that is a file, or a folder where nothing can be
+    created."""
     if path is None:
         return
     path = check_path_flag(path, flag)
     if path.is_dir():
         raise OutputError(f"{path}: {flag} is a directory; give a file name")
-    parent = path.absolute().parent
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir():
-        raise OutputError(f"{path}: {flag} cannot be created ({parent} is a file)")
-    try:
-        fd, tmp = tempfile.mkstemp(dir=parent, prefix=".labelfix-probe-")
-        os.close(fd)
-        os.unlink(tmp)
-    except OSError as exc:
-        raise OutputError(f"{path}: {flag} cannot be written ({exc.strerror or exc.__class__.__name__})") from None
+    _probe_nearest(path, path.absolute().parent, flag)
 
 
 @contextmanager

@@ -116,9 +116,9 @@ class RunDir:
         cut = self.interrupted()
         if cut:
             what = f"an interrupted labelfix {cut} left it half-written: run labelfix {cut} again"
-        if path.stat().st_size != entry.get("size"):
-            raise RunDirError(f"{path}: changed since labelfix wrote it (size differs); {what}")
         stat = path.stat()
+        if stat.st_size != entry.get("size"):
+            raise RunDirError(f"{path}: changed since labelfix wrote it (size differs); {what}")
         key = (name, stat.st_size, stat.st_mtime_ns)
         if "sha256" in entry and key not in self._verified:  # every byte: ~1 s per GB, once per command
             if sha256_path(path) != entry["sha256"]:

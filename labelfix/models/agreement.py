@@ -32,6 +32,13 @@ def clearly_above_chance(hits: int, n: int, p0: float, alpha: float = CLEARLY_AB
     return binomial_excess_p(hits, n, p0) < alpha
 
 
+def chance_agreement(pred: np.ndarray, y: np.ndarray, num_classes: int) -> float:
+    """Agreement of predictions independent of the labels with the same class frequencies:
+    sum_k P(predicted k) P(given k) (Cohen's kappa's chance term)."""
+    n = max(len(y), 1)
+    return float(np.dot(np.bincount(pred, minlength=num_classes) / n, np.bincount(y, minlength=num_classes) / n))
+
+
 def row_argmax(probs) -> np.ndarray:
     """probs.argmax(1), in row blocks where probs is a memory map."""
     if not isinstance(probs, np.memmap):
@@ -60,7 +67,7 @@ def column_order_check(pred: np.ndarray, y: np.ndarray, num_classes: int) -> dic
     code, count = np.unique(np.asarray(pred, dtype=np.int64) * c + np.asarray(y, dtype=np.int64), return_counts=True)
     col, cls = code // c, code % c
     as_is = int(count[col == cls].sum())
-    chance = float(np.dot(np.bincount(pred, minlength=c), np.bincount(y, minlength=c))) / n / n
+    chance = chance_agreement(pred, y, c)
     column_class = np.full(c, -1, dtype=np.int64)
     if c <= DENSE_ORDER_CHECK:
         from scipy.optimize import linear_sum_assignment
@@ -97,9 +104,7 @@ def agreement_check(probs: np.ndarray, y: np.ndarray, num_classes: int, alpha: f
     n = int(len(y))
     pred = row_argmax(probs)
     hits = int((pred == y).sum())
-    q = np.bincount(pred, minlength=num_classes) / max(n, 1)
-    g = np.bincount(y, minlength=num_classes) / max(n, 1)
-    chance = float(np.dot(q, g))
+    chance = chance_agreement(pred, y, num_classes)
     p = binomial_excess_p(hits, n, chance)
     testable = binomial_excess_p(n, n, chance) < alpha
     return {

@@ -28,6 +28,7 @@ test-all: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python examples/matrix.py $(MATRIX_ARGS)
+	$(BIN)/python examples/ablation.py
 	$(BIN)/python examples/bench.py $(BENCH_ARGS)
 
 bench-scale: $(STAMP)

@@ -316,6 +316,9 @@ def markdown(results: dict, command: str, total_s: float, repeats: int) -> str:
             "",
             matrix.read_text().strip().replace("\n# ", "\n### ").removeprefix("# "),
         ]
+    ablation = ROOT / "docs" / "ablation.md"  # written by examples/ablation.py, which make bench runs first
+    if ablation.is_file():
+        lines += ["", ablation.read_text().strip().replace("\n# ", "\n### ").replace("# ", "## ", 1)]
     for name, tag in (("benchmarks-scale.md", "scale"), ("benchmarks-images.md", "images")):
         part = ROOT / "docs" / name  # written by examples/bench_scale.py and examples/bench_images.py
         if part.is_file():

@@ -75,8 +75,25 @@ def _evidence(labels, pred_probs, features, *, k, num_classes, folds, seed, devi
     if pred_probs is not None:
         from labelfix.files.npy import check_pred_probs
 
-        probs = check_pred_probs(_check_matrix(pred_probs, "pred_probs", len(y), num_classes), None, "pred_probs")
-        source = "pred_probs"
+        if isinstance(pred_probs, (list, tuple)):  # several models' probabilities of the same rows: their mean
+            if not pred_probs:
+                raise InputError("pred_probs: an empty list (give one (N, C) array per model)")
+            parts = [
+                check_pred_probs(_check_matrix(p, f"pred_probs[{i}]", len(y), num_classes), None, f"pred_probs[{i}]")
+                for i, p in enumerate(pred_probs)
+            ]
+            shapes = {p.shape for p in parts}
+            if len(shapes) > 1:
+                raise InputError(
+                    f"pred_probs: the models' arrays differ in shape ({', '.join(map(str, sorted(shapes)))})"
+                )
+            from labelfix.core.detect import pool_models
+
+            probs, _ = pool_models(parts, y, seed)
+            source = f"pred_probs (pool of {len(parts)} models)"
+        else:
+            probs = check_pred_probs(_check_matrix(pred_probs, "pred_probs", len(y), num_classes), None, "pred_probs")
+            source = "pred_probs"
     else:
         from labelfix.models.crossfit import crossfit_linear_head
 
@@ -108,7 +125,8 @@ def find_label_issues(
     Args:
         labels: (N,) integer class indices 0..C-1, the labels you do not fully trust.
         pred_probs: (N, C) out-of-sample predicted probabilities (each row from a model that did
-            not train on that row, e.g. K-fold cross-validation), as for cleanlab.
+            not train on that row, e.g. K-fold cross-validation), as for cleanlab; or a list of
+            such arrays, one per model, pooled (weights fitted by the likelihood of the labels) as (`scan --pred-probs A --pred-probs B`).
         features: (N, D) embeddings. With pred_probs they add a neighbour graph that is
             independent evidence; alone, a cross-fitted linear head on them gives the
             probabilities (`folds` folds).
@@ -168,7 +186,7 @@ def refine_labels(
     num_classes: int | None = None,
     folds: int = 5,
     rounds: int = 3,
-    min_confidence: float = 0.5,
+    min_confidence: float = 0.95,
     max_ambiguity: float = 0.5,
     allow_weak_teacher: bool = False,
     device: str = "auto",
@@ -180,7 +198,7 @@ def refine_labels(
     ("keep", "relabel" or "review"), `label` (the refined label where relabel, else the given
     one), `ambiguity`, `label_score`, `is_label_issue` and `weight`; soft_labels is (N, C)."""
     from labelfix.core.issues import teacher_gate
-    from labelfix.core.refine import RefineConfig, refine_arrays
+    from labelfix.core.refine import WEAK_NO_RELABEL, RefineConfig, refine_arrays
 
     cfg = RefineConfig(
         rounds=rounds, relabel_min_confidence=min_confidence, relabel_max_ambiguity=max_ambiguity, gamma=gamma
@@ -198,6 +216,11 @@ def refine_labels(
         allow_weak=allow_weak_teacher,
         gamma=gamma,
     )
+    if check.get("weak"):  # flags from evidence at chance: nothing is relabelled without a person
+        from dataclasses import replace
+
+        cfg = replace(cfg, allow_relabel=False)
+        warnings = [*warnings, WEAK_NO_RELABEL]
     res = refine_arrays(
         ev.y, ev.probs, ev.graph.ids, ev.graph.sims, independent_graph=not ev.from_probs, cfg=cfg, seed=seed
     )

@@ -78,8 +78,11 @@ def scan(
     from labelfix.files.inputs import read_class_list
     from labelfix.render import render_scan
 
-    given = {"IMAGES_DIR": images_dir, "--labels": labels, "--pred-probs": pred_probs, "--embeddings": embeddings}
-    given["--baseline"] = baseline
+    prob_files = tuple(pred_probs or ())
+    given = {"IMAGES_DIR": images_dir, "--labels": labels, "--embeddings": embeddings, "--baseline": baseline}
+    given.update(
+        {"--pred-probs" if len(prob_files) == 1 else f"--pred-probs #{i + 1}": p for i, p in enumerate(prob_files)}
+    )
     with cs.one_line({"--out": out, "--summary-md": summary_md}, given):
         cs.check_gates(fail_above, fail_on_new, baseline)
         for flag, value in given.items():
@@ -102,7 +105,15 @@ def scan(
         cfg.validate()
         classes_list = read_class_list(classes)
         inputs = ScanInputs(
-            images_dir, labels, path_col, label_col, classes_list, pred_probs, embeddings, baseline, skip_unreadable
+            images_dir,
+            labels,
+            path_col,
+            label_col,
+            classes_list,
+            (prob_files[0] if len(prob_files) == 1 else prob_files) or None,
+            embeddings,
+            baseline,
+            skip_unreadable,
         )
         result = run_scan(inputs, cfg, out, cs.progress(not json_out))
         cs.after_scan(result, out, report, summary_md)
@@ -148,7 +159,7 @@ def refine(
     rounds: opt.RefineRounds = 3,
     temperature: opt.Temperature = 0.5,
     max_ambiguity: opt.MaxAmbiguity = 0.5,
-    min_confidence: opt.MinConfidence = 0.5,
+    min_confidence: opt.MinConfidence = 0.95,
     drop_review: opt.DropReview = False,
     no_mutual: opt.NoMutual = False,
     json_out: opt.RefineJson = False,

@@ -9,7 +9,7 @@ block and a boxed message; `OneLineGroup` and `OneLineCommand` print them as one
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, List, Optional
 
 import typer
 from typer.core import TyperCommand, TyperGroup
@@ -70,8 +70,12 @@ Classes = Annotated[Optional[str], typer.Option(help="Class names in order: comm
 
 ImagesDir = Annotated[Optional[Path], typer.Argument(help="Folder of images (paths in the CSV are relative to it).")]
 PredProbs = Annotated[
-    Optional[Path],
-    typer.Option("--pred-probs", help="(N, C) .npy of out-of-sample probabilities; replaces the teacher."),
+    Optional[List[Path]],
+    typer.Option(
+        "--pred-probs",
+        help="(N, C) .npy of out-of-sample probabilities; replaces the teacher. Give it once per model "
+        "(same rows, same columns) to use several models: their probabilities are averaged.",
+    ),
 ]
 Embeddings = Annotated[
     Optional[Path], typer.Option(help="(N, D) .npy of embeddings for the graph (with --pred-probs).")
@@ -152,7 +156,12 @@ RefineRounds = Annotated[
 ]
 Temperature = Annotated[float, typer.Option(help="Sharpening temperature for confident rows.")]
 MaxAmbiguity = Annotated[float, typer.Option(help="Relabel only below this ambiguity (else review).")]
-MinConfidence = Annotated[float, typer.Option(help="Relabel only when the refined label's probability reaches this.")]
+MinConfidence = Annotated[
+    float,
+    typer.Option(
+        help="Relabel only when the refined label's posterior probability reaches this (and the evidence's argmax agrees); else review."
+    ),
+]
 DropReview = Annotated[bool, typer.Option("--drop-review", help="Leave review rows out of labels.refined.csv.")]
 NoMutual = Annotated[bool, typer.Option("--no-mutual", help="Ignore distill's student view: teacher-only refinement.")]
 RefineJson = Annotated[bool, typer.Option("--json", help="Print the refine statistics as JSON.")]

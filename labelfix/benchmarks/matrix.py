@@ -17,6 +17,7 @@ from labelfix.benchmarks.rows import (  # noqa: F401  (row builders re-exported 
     CIFAR_MODELS,
     Row,
     cifar_row,
+    human_row,
     knn_accuracy,
     renormalise,
     restrict_classes,
@@ -100,7 +101,13 @@ def run_labelfix(row: Row, work: Path, seed: int = 0) -> dict:
     pd.DataFrame({"path": [f"row{i:07d}" for i in range(len(row.noisy))], "label": np.array(names)[row.noisy]}).to_csv(
         work / "labels.csv", index=False
     )
-    np.save(work / "probs.npy", np.asarray(row.probs))
+    if row.model_probs:
+        prob_files: Path | tuple[Path, ...] = tuple(work / f"probs{i}.npy" for i in range(len(row.model_probs)))
+        for f, p in zip(prob_files, row.model_probs):
+            np.save(f, np.asarray(p))
+    else:
+        prob_files = work / "probs.npy"
+        np.save(prob_files, np.asarray(row.probs))
     emb_path = None
     if row.emb is not None:
         emb_path = work / "emb.npy"
@@ -110,9 +117,7 @@ def run_labelfix(row: Row, work: Path, seed: int = 0) -> dict:
     t = time.perf_counter()
     try:
         scan(
-            ScanInputs(
-                labels_csv=work / "labels.csv", pred_probs=work / "probs.npy", embeddings=emb_path, classes=names
-            ),
+            ScanInputs(labels_csv=work / "labels.csv", pred_probs=prob_files, embeddings=emb_path, classes=names),
             ScanConfig(seed=seed),
             run,
         )
@@ -186,6 +191,9 @@ def evaluate_row(row: Row, work: Path, seed: int = 0, with_cleanlab: bool = True
             csv_y = np.array([index[v] for v in csv["label"]])
             res["refined_csv_accuracy"] = _f((csv_y == true).mean())
             res["refined_actions"] = {a: int((ref["action"] == a).sum()) for a in ("keep", "relabel", "review")}
+            relabel = (ref["action"] == "relabel").to_numpy()
+            # what labels.refined.csv changes without a person: right how often
+            res["relabel_precision"] = _f((idx[relabel] == true[relabel]).mean()) if relabel.any() else None
             res["refined_argmax_ok"] = bool(res["refined_argmax_accuracy"] >= res["floor"])
             res["refined_csv_ok"] = bool(res["refined_csv_accuracy"] >= res["floor"])
     if with_cleanlab:

@@ -23,6 +23,9 @@ class Row:
     emb: np.ndarray | None = None
     class_names: list[str] | None = None
     info: dict = field(default_factory=dict)
+    # several models' probabilities of the same rows (scan gets one --pred-probs per model;
+    # `probs` is then their mean, what cleanlab is given)
+    model_probs: list[np.ndarray] | None = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -247,3 +250,59 @@ def cifar_row(
         "class_subset": None if classes is None else [CIFAR10_CLASSES[k] for k in classes],
     }
     return Row(name, renormalise(probs[keep]).astype(np.float32), noisy, true[keep], None, names, info)
+
+
+# ---------------------------------------------------------------------------------------------
+# Real human label noise: CIFAR-10N aggregate labels with probabilities of models trained on them
+
+HUMAN_DIR = "cifar10n-aggre-pred-probs"
+
+
+def human_row(
+    data: Path,
+    name: str,
+    models: list[str],
+    n: int | None = None,
+    restore: float = 0.0,
+    classes: list[int] | None = None,
+    seed: int = 0,
+) -> Row:
+    """A row from `data/cifar10n-aggre-pred-probs`: the human labels as given (CIFAR-10N
+    aggregate) and the out-of-sample probabilities of models cross-fitted on those same labels.
+    `models`: one model, or several (an ensemble: scan gets each file, cleanlab their mean).
+    `n`: a stratified subset of the rows. `restore`: a seeded share of the wrong labels set back
+    to the truth (a label set less noisy than the one the models learned from). `classes`: the
+    rows whose true and given labels are both among these classes, probabilities restricted to
+    their columns and renormalised."""
+    d = Path(data) / HUMAN_DIR
+    true = np.load(d / "true_labels.npy").astype(np.int64)
+    given = np.load(d / "noisy_labels.npy").astype(np.int64)
+    probs = [np.asarray(np.load(d / f"pred_probs_{CIFAR_MODELS.get(m, m)}.npy"), dtype=np.float64) for m in models]
+    names = list(CIFAR10_CLASSES)
+    keep = np.arange(len(true))
+    if classes is not None:
+        keep = np.flatnonzero(np.isin(true, classes) & np.isin(given, classes))
+        remap = np.full(len(CIFAR10_CLASSES), -1)
+        remap[classes] = np.arange(len(classes))
+        true, given = remap[true[keep]], remap[given[keep]]
+        probs = [renormalise(p[keep][:, classes]) for p in probs]
+        names = [CIFAR10_CLASSES[k] for k in classes]
+        keep = np.arange(len(true))
+    if n is not None:
+        keep = stratified_subset(given, n, seed)
+    true, given, probs = true[keep], given[keep].copy(), [renormalise(p[keep]).astype(np.float32) for p in probs]
+    if restore > 0:
+        rng = np.random.default_rng([seed, 7717])
+        wrong = np.flatnonzero(given != true)
+        back = rng.choice(wrong, int(round(restore * len(wrong))), replace=False)
+        given[back] = true[back]
+    mean = probs[0] if len(probs) == 1 else np.mean(np.stack(probs), axis=0).astype(np.float32)
+    info = {
+        "group": "human",
+        "noise": "human (CIFAR-10N aggregate)" + (f", {restore:.0%} of wrong restored" if restore else ""),
+        "rate": None,
+        "model": "+".join(models) if len(models) > 1 else models[0],
+        "imbalance": None,
+        "class_subset": None if classes is None else names,
+    }
+    return Row(name, mean, given, true, None, names, info, model_probs=probs if len(probs) > 1 else None)

@@ -46,12 +46,19 @@ class Evidence:
     row_hashes: list[bytes] | None = None  # --pred-probs with IMAGES_DIR: SHA-256 of each image file
 
 
-def given_evidence(inputs: ScanInputs, labels: LabelSet) -> Evidence:
+def given_evidence(inputs: ScanInputs, labels: LabelSet, seed: int = 0) -> Evidence:
     """--pred-probs (and --embeddings) as the user gave them, checked against the labels."""
     c = len(labels.class_names)
-    probs = check_pred_probs(load_npy(inputs.pred_probs, "--pred-probs", labels.n, c), inputs.pred_probs)
-    check_column_order(probs, labels, inputs.pred_probs)
-    hashes = {"labels_sha256": labels.labels_sha256, "pred_probs_sha256": sha256_file(inputs.pred_probs)}
+    files = inputs.prob_files
+    probs = check_pred_probs(load_npy(files[0], "--pred-probs", labels.n, c), files[0])
+    check_column_order(probs, labels, files[0])
+    hashes = {"labels_sha256": labels.labels_sha256}
+    if len(files) == 1:
+        hashes["pred_probs_sha256"] = sha256_file(files[0])
+    else:
+        probs, weights = ensemble_probs(probs, files[1:], labels, seed)
+        hashes["pred_probs_sha256"] = [sha256_file(f) for f in files]
+        hashes["pred_probs_pool_weights"] = [round(w, 3) for w in weights]
     features = None
     if inputs.embeddings is not None:
         features = load_npy(inputs.embeddings, "--embeddings", labels.n)
@@ -62,6 +69,21 @@ def given_evidence(inputs: ScanInputs, labels: LabelSet) -> Evidence:
         files = resolve_paths(inputs.images_dir, labels, str(inputs.labels_csv))
         row_hashes = file_hashes(files)
     return Evidence(probs, emb, source, hashes, row_hashes=row_hashes)
+
+
+def ensemble_probs(first, more: tuple[Path, ...], labels: LabelSet, seed: int = 0) -> tuple[np.ndarray, tuple]:
+    """Several models' probabilities (the first already loaded), each file checked as one
+    --pred-probs is, pooled into one (N, C) float32 array (labelfix.core.detect.pool_models:
+    weights fitted by the likelihood of the given labels). In memory: N x C x 4 bytes a model."""
+    from labelfix.core.detect import pool_models
+
+    c = len(labels.class_names)
+    models = [np.asarray(first, dtype=np.float32)]
+    for path in more:
+        p = check_pred_probs(load_npy(path, "--pred-probs", labels.n, c), path)
+        check_column_order(p, labels, path)
+        models.append(np.asarray(p, dtype=np.float32))
+    return pool_models(models, labels.y, seed)
 
 
 def check_column_order(probs, labels: LabelSet, path: Path) -> None:

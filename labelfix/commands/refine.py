@@ -8,7 +8,7 @@ labels.refined.csv and the updated summary.json together.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +16,15 @@ import numpy as np
 from labelfix import __version__
 from labelfix.commands.scan import parquet_columns
 from labelfix.core.graph import KnnGraph, build_knn
-from labelfix.core.refine import RefineConfig, Refined, ambiguity, js_divergence, refine_arrays, sharpen
+from labelfix.core.refine import (
+    WEAK_NO_RELABEL,
+    RefineConfig,
+    Refined,
+    ambiguity,
+    js_divergence,
+    refine_arrays,
+    sharpen,
+)
 from labelfix.core.sparse import SOFT_COLUMNS, TOP_COLUMNS, TopM, is_sparse
 from labelfix.errors import RunDirError
 from labelfix.files import rundir as rd
@@ -95,6 +103,9 @@ def refine(
     probs = teacher_probs(df, len(names), int(graph.ids.shape[1]))
     k = cfg.k or int(graph.ids.shape[1])
     extra, more_graphs, stats = student_view(run, len(y), len(names), k, mutual, progress)
+    if summary.get("weak_teacher"):  # scan kept evidence at chance (--allow-weak-teacher)
+        cfg = replace(cfg, allow_relabel=False)
+        stats["warnings"] = [*stats["warnings"], WEAK_NO_RELABEL]
     with progress.task("refine: noise posterior", total=1) as task:
         res = refine_arrays(
             y,

@@ -54,10 +54,19 @@ class ScanInputs:
     path_col: str = "path"
     label_col: str = "label"
     classes: list[str] | None = None
-    pred_probs: Path | None = None
+    pred_probs: Path | tuple[Path, ...] | None = None  # several: one file per model, averaged
     embeddings: Path | None = None
     baseline: Path | None = None  # an earlier run (or its scan.parquet): new/fixed/unchanged issues
     skip_unreadable: bool = False  # leave out images that cannot be decoded (else exit 2 naming one)
+
+    @property
+    def prob_files(self) -> tuple[Path, ...]:
+        """The --pred-probs files, one per model (empty without --pred-probs)."""
+        if self.pred_probs is None:
+            return ()
+        if isinstance(self.pred_probs, (str, Path)):
+            return (Path(self.pred_probs),)
+        return tuple(Path(p) for p in self.pred_probs)
 
 
 @dataclass
@@ -152,10 +161,10 @@ def scan(inputs: ScanInputs, cfg: ScanConfig, out: Path, progress: Progress | No
         labels, skipped = skip_unreadable(inputs, labels)
         cfg.check_rows(labels.n, teacher=inputs.pred_probs is None)
         base = read_baseline(inputs.baseline) if inputs.baseline is not None else None
-    with run.commit("scan", clean=True, keep=(inputs.labels_csv, inputs.pred_probs, inputs.embeddings)) as stage:
+    with run.commit("scan", clean=True, keep=(inputs.labels_csv, *inputs.prob_files, inputs.embeddings)) as stage:
         if inputs.pred_probs is not None:
             with timer("read inputs"):
-                ev = given_evidence(inputs, labels)
+                ev = given_evidence(inputs, labels, cfg.seed)
         else:
             ev = teacher_evidence(inputs, cfg, labels, run, stage, device, timer, progress)
         with timer("graph"):
@@ -308,7 +317,9 @@ def _inputs_record(inputs: ScanInputs, hashes: dict) -> dict:
         "labels_csv": resolved(inputs.labels_csv),
         "path_col": inputs.path_col,
         "label_col": inputs.label_col,
-        "pred_probs": resolved(inputs.pred_probs),
+        "pred_probs": resolved(inputs.pred_probs)
+        if len(inputs.prob_files) <= 1
+        else [resolved(p) for p in inputs.prob_files],
         "embeddings": resolved(inputs.embeddings),
         **hashes,
     }

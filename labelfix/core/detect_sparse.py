@@ -81,8 +81,10 @@ def fit_pool(experts: list[Scores], cands: Candidates, y, transition, rows) -> t
     return best[1], best[2]
 
 
-def posterior_wrong(pi: Scores, cands: Candidates, y, transition) -> tuple[np.ndarray, Scores]:
-    """(P(wrong) (N,), the posterior over the true class on the candidates)."""
+def posterior_wrong(pi: Scores, cands: Candidates, y, transition, beta: float = 1.0) -> tuple[np.ndarray, Scores]:
+    """(P(wrong) (N,), the posterior over the true class on the candidates); the label's
+    evidence T[j, y] weighted by beta (labelfix.core.detect.label_weight)."""
+    transition = transition**beta
     n, width = cands.cls.shape
     p_wrong = np.zeros(n)
     val = np.zeros((n, width), dtype=np.float32)
@@ -98,6 +100,37 @@ def posterior_wrong(pi: Scores, cands: Candidates, y, transition) -> tuple[np.nd
         val[s] = post
         out[s] = np.where(cands.n_out[s] > 0, num_out / total / np.maximum(cands.n_out[s], 1), 0.0)
     return p_wrong, Scores(val, out)
+
+
+def majority_against(scores: Scores, cands: Candidates) -> float:
+    """labelfix.core.detect.majority_against on the candidates: the share of rows where a class
+    other than the given one (slot 0) has a score >= 1/2 (a class outside them: `out`)."""
+    n = len(cands.cls)
+    if n == 0:
+        return 0.0
+    hits = 0
+    for s in chunks(n, cands.cls.shape[1]):
+        other = np.where(cands.valid(s)[:, 1:], scores.val[s][:, 1:], 0.0).max(axis=1, initial=0.0)
+        other = np.maximum(other, np.where(cands.n_out[s] > 0, scores.out[s], 0.0))
+        hits += int((other >= 0.5).sum())
+    return hits / n
+
+
+def label_weight(pi: Scores, cands: Candidates, y, transition, floor: float, tol: float = 1e-3) -> float:
+    """labelfix.core.detect.label_weight on the candidates."""
+
+    def expected(beta: float) -> float:
+        return float(posterior_wrong(pi, cands, y, transition, beta)[0].sum())
+
+    if expected(1.0) >= floor:
+        return 1.0
+    if expected(0.0) <= floor:
+        return 0.0
+    lo, hi = 0.0, 1.0
+    while hi - lo > tol:
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if expected(mid) >= floor else (lo, mid)
+    return lo
 
 
 def confident_joint(scores: Scores, cands: Candidates, y: np.ndarray) -> np.ndarray:
@@ -122,6 +155,15 @@ def argmax_class(scores: Scores, cands: Candidates) -> np.ndarray:
     for s in chunks(len(out), cands.cls.shape[1]):
         slot = np.where(cands.valid(s), scores.val[s], -np.inf).argmax(axis=1)
         out[s] = cands.cls[s][np.arange(len(slot)), slot]
+    return out
+
+
+def posterior_at(scores: Scores, cands: Candidates, cls: np.ndarray) -> np.ndarray:
+    """Each row's score of class `cls[i]` (its candidate's value, `out` when not a candidate)."""
+    out = np.asarray(scores.out, dtype=np.float64).copy()
+    hit = cands.cls == np.asarray(cls)[:, None]
+    r, k = np.nonzero(hit)
+    out[r] = scores.val[r, k]
     return out
 
 
@@ -163,11 +205,13 @@ def detect_sparse(
     cands = candidates(y, tops, [np.asarray(g[0]) for g in graphs.values()], c)
     base = [probs_on(cands, None if isinstance(p, TopM) else p, t, y, ids) for p, t in zip(given, tops)]
     start = base + ([vote_on(cands, ids, sims, y, np.ones(n), gamma)] if graph_independent else [])
-    first = start[int(np.argmax([(argmax_class(e, cands) == y).mean() for e in start]))]
+    agreement = [(argmax_class(e, cands) == y).mean() for e in start]
+    first = start[int(np.argmax(agreement))]
     transition = transition_from_joint(confident_joint(first, cands, y))
     w, t = fit([first], cands, y, transition, rows)
     pi = pool([first], cands, w, t)
-    p_wrong, post = posterior_wrong(pi, cands, y, transition)
+    beta = label_weight(pi, cands, y, transition, n * majority_against(first, cands))
+    p_wrong, post = posterior_wrong(pi, cands, y, transition, beta)
     for r in range(rounds):
         votes = [vote_on(cands, gi, gs, y, 1.0 - p_wrong, gamma) for gi, gs in graphs.values()]
         experts = base + votes
@@ -175,7 +219,7 @@ def detect_sparse(
             transition = transition_from_joint(confident_joint(pi, cands, y))
         w, t = fit(experts, cands, y, transition, rows)
         pi = pool(experts, cands, w, t)
-        p_wrong, post = posterior_wrong(pi, cands, y, transition)
+        p_wrong, post = posterior_wrong(pi, cands, y, transition, beta)
     thr = max(f1_threshold(p_wrong), 0.5)
     return Detection(
         p_wrong=p_wrong.astype(np.float32),
@@ -189,6 +233,7 @@ def detect_sparse(
         temperature=t,
         expert_names=names,
         iterations=rounds,
+        label_weight=beta,
         candidates=cands,
         teacher=tops[0],
         pool_fits=fit.record(),

@@ -77,7 +77,9 @@ class Issues:
         if det.candidates is not None:
             from labelfix.core.detect_sparse import noise_matrix
 
-            return noise_matrix(self.posterior, det.candidates, np.asarray(y, dtype=np.int64), det.transition)
+            return noise_matrix(
+                self.posterior, det.candidates, np.asarray(y, dtype=np.int64), det.transition**det.label_weight
+            )
         c = self.posterior.shape[1]
         sums = np.zeros((c, c))
         np.add.at(sums, y, self.posterior)

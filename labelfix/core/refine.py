@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from labelfix.core.detect import Detection, detect
+from labelfix.core.detect import Detection, detect, posterior_wrong
 from labelfix.core.scoring import label_quality
 from labelfix.errors import InputError
 
@@ -25,7 +25,12 @@ class RefineConfig:
     sharpen_at: rows of the soft label whose maximum reaches this are sharpened.
     temperature: sharpening temperature (p^(1/T), renormalised).
     relabel_max_ambiguity: a flagged sample is relabelled only below this ambiguity...
-    relabel_min_confidence: ...and when its refined label's probability reaches this; else review.
+    relabel_min_confidence: ...when the posterior probability of its refined label (before
+        sharpening) reaches this, and the evidence's own argmax is that label; else review.
+        `relabel` is what labels.refined.csv applies without a person, so the default asks the
+        posterior for 95%: a relabel is meant to be right at least 19 times in 20.
+    allow_relabel: False after a scan whose evidence failed the weak-teacher check (kept with
+        --allow-weak-teacher): nothing is relabelled, every changed row is review.
     drop_review: leave `review` rows out of labels.refined.csv (default: keep them unchanged).
     k: neighbours of the student's own graph in a mutual round (None: the scan graph's k).
     """
@@ -34,10 +39,11 @@ class RefineConfig:
     sharpen_at: float = 0.9
     temperature: float = 0.5
     relabel_max_ambiguity: float = 0.5
-    relabel_min_confidence: float = 0.5
+    relabel_min_confidence: float = 0.95
     drop_review: bool = False
     k: int | None = None
     gamma: float = 3.0
+    allow_relabel: bool = True
 
     def validate(self) -> None:
         if self.rounds < 1:
@@ -50,6 +56,12 @@ class RefineConfig:
             raise InputError(f"--max-ambiguity must be in [0, 1] (got {self.relabel_max_ambiguity})")
         if self.k is not None and self.k < 1:
             raise InputError(f"--k must be >= 1 (got {self.k})")
+
+
+WEAK_NO_RELABEL = (
+    "nothing relabelled: the evidence failed the weak-teacher check (kept with --allow-weak-teacher), "
+    "so every changed label is left to review"
+)
 
 
 def _entropy(p: np.ndarray) -> np.ndarray:
@@ -145,7 +157,13 @@ def refine_arrays(
     amb = ambiguity(soft, det.vote, det.evidence)
     refined = soft.argmax(axis=1)
     changed = refined != y
-    is_relabel = changed & (amb < cfg.relabel_max_ambiguity) & (soft.max(axis=1) >= cfg.relabel_min_confidence)
+    # "almost surely" under both accounts of the label: the posterior with the label's evidence
+    # weighted by beta (the refined label) and with it counted in full (beta = 1)
+    full = det.posterior if det.label_weight >= 1.0 else posterior_wrong(det.evidence, y, det.transition)[1]
+    rows = np.arange(len(y))
+    sure = np.minimum(det.posterior[rows, refined], full[rows, refined]) >= cfg.relabel_min_confidence
+    is_relabel = changed & sure & (det.evidence.argmax(axis=1) == refined) & (amb < cfg.relabel_max_ambiguity)
+    is_relabel &= cfg.allow_relabel
     action = np.full(len(y), "keep", dtype=object)
     action[is_relabel] = "relabel"
     action[(changed | det.flags) & ~is_relabel] = "review"
@@ -185,7 +203,9 @@ def _sparse_rows(det: Detection, cfg: RefineConfig, s) -> tuple[np.ndarray, np.n
 
 
 def _refine_sparse(det: Detection, y: np.ndarray, cfg: RefineConfig) -> Refined:
+    from labelfix.core.detect_sparse import argmax_class, posterior_at
     from labelfix.core.detect_sparse import label_quality as quality_on
+    from labelfix.core.detect_sparse import posterior_wrong as sparse_posterior
     from labelfix.core.sparse import TOP_M, TopM, chunks
 
     cands = det.candidates
@@ -200,7 +220,12 @@ def _refine_sparse(det: Detection, y: np.ndarray, cfg: RefineConfig) -> Refined:
         top_val[s] = np.take_along_axis(r, slots, axis=1)
     refined = top_cls[:, 0].astype(np.int64)
     changed = refined != y
-    is_relabel = changed & (amb < cfg.relabel_max_ambiguity) & (top_val[:, 0] >= cfg.relabel_min_confidence)
+    sure = posterior_at(det.posterior, cands, refined) >= cfg.relabel_min_confidence
+    if det.label_weight < 1.0:  # and with the label's evidence counted in full (the dense rule)
+        full = sparse_posterior(det.evidence, cands, y, det.transition)[1]
+        sure &= posterior_at(full, cands, refined) >= cfg.relabel_min_confidence
+    agrees = argmax_class(det.evidence, cands) == refined
+    is_relabel = changed & sure & agrees & (amb < cfg.relabel_max_ambiguity) & cfg.allow_relabel
     action = np.full(len(y), "keep", dtype=object)
     action[is_relabel] = "relabel"
     action[(changed | det.flags) & ~is_relabel] = "review"

@@ -1,0 +1,205 @@
+"""Labels a model has partly learned (a model cross-fitted on the same noisy labels, people's
+plausible mistakes), several models at once, and refine's promises: never below its evidence,
+relabels almost surely right, nothing relabelled on evidence at chance."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+from conftest import run_cli, stderr_of, write_csv
+
+import labelfix
+from labelfix.core.detect import detect, majority_against, posterior_wrong, transition_from_joint
+from labelfix.core.graph import build_knn
+from labelfix.core.selection import confident_joint
+
+
+def _softmax(z):
+    e = np.exp(z - z.max(1, keepdims=True))
+    return e / e.sum(1, keepdims=True)
+
+
+def _learned_world(n=6000, c=5, rate=0.15, learned=0.6, seed=0):
+    """Instance-dependent noise that the model has learned: each image has a nuisance class it
+    looks like (ambiguity a_i); people give the nuisance label with probability growing with
+    a_i, and the model, trained on such labels, puts `learned` x a_i of its mass there."""
+    rng = np.random.default_rng(seed)
+    yt = rng.integers(0, c, n)
+    other = (yt + rng.integers(1, c, n)) % c
+    amb = rng.beta(1.2, 4.0, n)
+    p_flip = np.clip(amb * rate / amb.mean(), 0, 0.95)
+    wrong = rng.random(n) < p_flip
+    y = np.where(wrong, other, yt)
+    logits = rng.normal(0, 0.6, (n, c))
+    logits[np.arange(n), yt] += 4.0
+    logits[np.arange(n), other] += 4.0 * learned * amb / amb.max() * 2.0
+    return yt, y, _softmax(logits)
+
+
+def _independent_world(n=6000, c=5, rate=0.3, seed=1):
+    """Random (symmetric) noise and a model that never saw these labels."""
+    rng = np.random.default_rng(seed)
+    yt = rng.integers(0, c, n)
+    flip = rng.random(n) < rate
+    y = np.where(flip, (yt + rng.integers(1, c, n)) % c, yt)
+    logits = rng.normal(0, 1.0, (n, c))
+    logits[np.arange(n), yt] += 3.0
+    return yt, y, _softmax(logits)
+
+
+def _probs_graph(probs, k=10):
+    x = np.sqrt(probs).astype(np.float32)
+    return build_knn(x / np.linalg.norm(x, axis=1, keepdims=True), k)
+
+
+def _f1(flags, truth):
+    return 2 * (flags & truth).sum() / max(flags.sum() + truth.sum(), 1)
+
+
+def test_label_evidence_is_counted_in_full_for_an_independent_model():
+    """Random noise, a model that never saw these labels: the plain posterior already expects at
+    least the rows the model calls wrong by majority, so beta stays 1."""
+    yt, y, probs = _independent_world()
+    g = _probs_graph(probs)
+    det = detect(probs, y, g.ids, g.sims, graph_independent=False)
+    assert det.label_weight == 1.0
+    truth = y != yt
+    assert abs(det.p_wrong.mean() - truth.mean()) / truth.mean() < 0.15
+    assert _f1(det.flags, truth) > 0.85
+
+
+def test_learned_mistakes_lower_the_label_evidence_and_raise_recall():
+    """The model has learned part of the mistakes: the class-conditional posterior alone
+    (beta = 1) expects fewer wrong labels than the model calls wrong by majority; beta < 1
+    brings the expectation up to that floor and finds more of them."""
+    yt, y, probs = _learned_world()
+    truth = y != yt
+    g = _probs_graph(probs)
+    det = detect(probs, y, g.ids, g.sims, graph_independent=False)
+    t = transition_from_joint(confident_joint(probs, y).joint)
+    plain, _ = posterior_wrong(probs, y, t)  # the label's evidence counted in full
+    assert det.label_weight < 1.0
+    assert det.p_wrong.sum() >= 0.99 * majority_against(probs, y) * len(y) > plain.sum()
+    assert _f1(det.flags, truth) > _f1(plain >= 0.5, truth)
+    assert _f1(det.flags, truth) >= _f1(probs.argmax(1) != y, truth) - 0.01
+    assert abs(det.p_wrong.mean() - truth.mean()) < abs(plain.mean() - truth.mean())
+
+
+def test_majority_against_counts_rows_the_model_gives_another_class():
+    probs = np.array([[0.6, 0.3, 0.1], [0.2, 0.5, 0.3], [0.4, 0.35, 0.25], [0.1, 0.1, 0.8]])
+    y = np.array([0, 0, 1, 2])
+    assert majority_against(probs, y) == 0.25  # row 1 only (0.5 to class 1, given 0)
+
+
+@pytest.fixture(scope="module")
+def two_models(tmp_path_factory):
+    rng = np.random.default_rng(7)
+    n, c = 1200, 4
+    true = rng.integers(0, c, n)
+    flip = rng.random(n) < 0.2
+    given = np.where(flip, (true + rng.integers(1, c, n)) % c, true)
+    strong = rng.normal(0, 0.7, (n, c))
+    strong[np.arange(n), true] += 3.0
+    weak = rng.normal(0, 1.0, (n, c))
+    weak[np.arange(n), true] += 1.2
+    d = tmp_path_factory.mktemp("ens")
+    p1, p2 = _softmax(strong).astype(np.float32), _softmax(weak).astype(np.float32)
+    np.save(d / "strong.npy", p1)
+    np.save(d / "weak.npy", p2)
+    csv = write_csv(d / "labels.csv", ("path", "label"), [(f"x/{i}.png", f"c{g}") for i, g in enumerate(given)])
+    return d, csv, given, true, p1, p2
+
+
+def test_several_pred_probs_on_the_cli_and_the_api_agree(two_models, tmp_path):
+    d, csv, given, true, p1, p2 = two_models
+    out = tmp_path / "run"
+    r = run_cli(
+        ["scan", "--labels", csv, "--pred-probs", d / "strong.npy", "--pred-probs", d / "weak.npy", "--out", out]
+    )
+    assert r.exit_code == 0, stderr_of(r)
+    summary = json.loads((out / "summary.json").read_text())
+    assert len(summary["inputs"]["pred_probs"]) == 2
+    assert len(summary["inputs"]["pred_probs_sha256"]) == 2
+    w = summary["inputs"]["pred_probs_pool_weights"]
+    assert w[0] > w[1]  # the stronger model carries the pool
+    table = pq.read_table(out / "scan.parquet").to_pandas()
+    df = labelfix.find_label_issues(given, pred_probs=[p1, p2])
+    assert (df["is_label_issue"].to_numpy() == table["is_issue"].to_numpy()).all()
+    truth = given != true
+    f_ens = _f1(table["is_issue"].to_numpy(), truth)
+    f_weak = _f1(labelfix.find_label_issues(given, pred_probs=p2)["is_label_issue"].to_numpy(), truth)
+    assert f_ens > f_weak
+    r = run_cli(["refine", str(out)])
+    assert r.exit_code == 0, stderr_of(r)
+
+
+def test_several_pred_probs_must_agree_in_shape(two_models, tmp_path):
+    d, csv, given, true, p1, p2 = two_models
+    np.save(tmp_path / "short.npy", p1[:-5])
+    r = run_cli(
+        ["scan", "--labels", csv, "--pred-probs", d / "strong.npy", "--pred-probs", tmp_path / "short.npy"]
+        + ["--out", tmp_path / "run"]
+    )
+    assert r.exit_code == 2
+    assert "short.npy" in stderr_of(r)
+    assert not (tmp_path / "run" / "scan.parquet").exists()
+    with pytest.raises(labelfix.errors.InputError, match=r"pred_probs\[1\]"):
+        labelfix.find_label_issues(given, pred_probs=[p1, p1[:, :3]])
+
+
+def test_refine_never_below_its_evidence_on_clean_labels():
+    """0% noise, a model wrong on about 8% of rows without ever giving the wrong class a
+    majority: the refined labels keep every given label (accuracy >= max(given, argmax) = 1.0),
+    nothing is relabelled, and the label's evidence is counted in full."""
+    rng = np.random.default_rng(11)
+    n, c = 1500, 5
+    true = rng.integers(0, c, n)
+    logits = rng.normal(0, 0.5, (n, c))
+    logits[np.arange(n), true] += 3.0
+    err = rng.random(n) < 0.08  # the model's errors: a three-way near-tie, no class with a majority
+    other = (true + rng.integers(1, c, n)) % c
+    third = (other + 1 + (((other + 1) % c) == true)) % c
+    logits[err, other[err]] = logits[err, true[err]] + 0.2
+    logits[err, third[err]] = logits[err, true[err]] - 0.1
+    probs = _softmax(logits)
+    assert 0.05 < (probs.argmax(1) != true).mean() < 0.12
+    assert majority_against(probs, true) == 0.0
+    table, _ = labelfix.refine_labels(true, pred_probs=probs)
+    refined = table["refined_label"].to_numpy()
+    assert (refined == true).mean() >= max(1.0, (probs.argmax(1) == true).mean())
+    assert (table["action"] == "relabel").sum() == 0
+    assert table.attrs["summary"]["detection"]["label_weight"] == 1.0
+
+
+def test_relabels_are_almost_surely_right():
+    yt, y, probs = _independent_world(n=4000, rate=0.3)
+    table, _ = labelfix.refine_labels(y, pred_probs=probs)
+    relabel = (table["action"] == "relabel").to_numpy()
+    assert relabel.sum() > 100
+    assert (table["refined_label"].to_numpy()[relabel] == yt[relabel]).mean() >= 0.95
+    assert (table["refined_label"].to_numpy() == yt).mean() >= max((y == yt).mean(), (probs.argmax(1) == yt).mean())
+
+
+def test_weak_teacher_run_relabels_nothing_and_says_why(tmp_path):
+    rng = np.random.default_rng(5)
+    n, c = 300, 3
+    given = rng.integers(0, c, n)
+    probs = rng.dirichlet(np.ones(c), n).astype(np.float32)  # evidence at chance
+    np.save(tmp_path / "p.npy", probs)
+    csv = write_csv(tmp_path / "l.csv", ("path", "label"), [(f"x/{i}.png", f"c{g}") for i, g in enumerate(given)])
+    out = tmp_path / "run"
+    r = run_cli(["scan", "--labels", csv, "--pred-probs", tmp_path / "p.npy", "--out", out, "--allow-weak-teacher"])
+    assert r.exit_code == 0, stderr_of(r)
+    r = run_cli(["refine", str(out), "--json"])
+    assert r.exit_code == 0, stderr_of(r)
+    ref = pd.read_parquet(out / "refined.parquet")
+    assert (ref["action"] == "relabel").sum() == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert any("nothing relabelled" in w for w in summary["refine"]["warnings"])
+    table, _ = labelfix.refine_labels(given, pred_probs=probs, allow_weak_teacher=True)
+    assert (table["action"] == "relabel").sum() == 0
+    assert any("nothing relabelled" in w for w in table.attrs["summary"]["warnings"])

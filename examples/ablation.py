@@ -42,6 +42,8 @@ ROWS = [
     "h-r50-animals",
     "h-ens3-catdog",
     "h-twins-restore75",
+    "h-r50-n2831-weak",
+    "h-twins-n2831-weak",
     "cifar-given-r18",
     "cifar-given-swin",
     "c-r18-sym0",

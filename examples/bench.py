@@ -266,8 +266,8 @@ def markdown(results: dict, command: str, total_s: float, repeats: int) -> str:
         "cleanlab F1 (target >= 1.08 on Fashion-MNIST rows; >= 1.00 on CIFAR-10). `row s` = PNG writing + scan + "
         "refine + cleanlab (target: under 360 s for a Fashion-MNIST row).",
         "",
-        "| row | noise | actual rate | labelfix P / R | labelfix F1 | best cleanlab F1 (variant) | ratio | AUROC | refined acc | teacher acc | ambiguity wrong/right | scan s | row s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| row | noise | actual / est. rate | labelfix P / R | labelfix F1 | best cleanlab F1 (variant) | ratio | AUROC | refined acc | teacher acc | relabels (precision) | ambiguity wrong/right | scan s | row s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in results.items():
         if name in IMAGE_ROWS:
@@ -280,9 +280,9 @@ def markdown(results: dict, command: str, total_s: float, repeats: int) -> str:
         lf = r["labelfix flags"]
         noise = r["noise"] if r["rate"] is None else f"{r['noise']} {r['rate']:.0%}"
         lines.append(
-            f"| {name} | {noise} | {r['actual_noise_rate']:.3f} | {lf['precision']:.3f} / {lf['recall']:.3f} | {fmt(lf['f1'], f1_t)} | "
+            f"| {name} | {noise} | {rates(r)} | {lf['precision']:.3f} / {lf['recall']:.3f} | {fmt(lf['f1'], f1_t)} | "
             f"{fmt(r.get('best_cleanlab_f1'))} ({best_name.replace('cleanlab ', '')}) | {fmt(r.get('f1_ratio_vs_best_cleanlab'))} | "
-            f"{fmt(lf['auroc'])} | {fmt(r['refined_accuracy'], acc_t)} | {fmt(r['teacher_accuracy'])} | "
+            f"{fmt(lf['auroc'])} | {fmt(r['refined_accuracy'], acc_t)} | {fmt(r['teacher_accuracy'])} | {relabels(r)} | "
             f"{r['ambiguity_wrong_over_right']:.2f} | {r['scan_wall_s']:.0f} | {row_seconds(r):.0f} |"
         )
     image_names = [n for n in results if n in IMAGE_ROWS]
@@ -330,13 +330,26 @@ def markdown(results: dict, command: str, total_s: float, repeats: int) -> str:
     return "\n".join(lines) + "\n"
 
 
+def rates(r: dict) -> str:
+    est = r.get("estimated_noise_rate")
+    return f"{r['actual_noise_rate']:.3f} / " + ("-" if est is None else f"{est:.3f}")
+
+
+def relabels(r: dict) -> str:
+    """refine's relabels and the share that are right (target >= 0.95; ✗ below)."""
+    if r.get("relabels") is None:
+        return "-"
+    p = r.get("relabel_precision")
+    return f"{r['relabels']} ({fmt(p)}{' ✗' if p is not None and p < 0.95 else ''})"
+
+
 def image_row(name: str, r: dict) -> str:
     """One IMAGE_ROWS line of the main table (same columns as the others)."""
     image_set, kind, rate = IMAGE_ROWS[name]
     noise = f"{kind} {rate:.0%} ({image_set})"
     if r.get("weak_teacher"):
         return (
-            f"| {name} | {noise} | {r['actual_noise_rate']:.3f} | - | {r['outcome']} | - | - | - | - | - | - | "
+            f"| {name} | {noise} | {r['actual_noise_rate']:.3f} | - | {r['outcome']} | - | - | - | - | - | - | - | "
             f"{r['scan_wall_s']:.0f} | {row_seconds(r):.0f} |"
         )
     lf = r["labelfix flags"]
@@ -357,8 +370,8 @@ def image_row(name: str, r: dict) -> str:
         pr, ratio = f"{lf['precision']:.3f} / {lf['recall']:.3f}", fmt(r.get("f1_ratio_vs_best_cleanlab"))
     amb = r["ambiguity_wrong_over_right"]
     return (
-        f"| {name} | {noise} | {r['actual_noise_rate']:.3f} | {pr} | {f1} | {best} | {ratio} | {fmt(lf['auroc'])} | "
-        f"{refined} | {fmt(r['teacher_accuracy'])} | {'-' if amb is None or amb != amb else f'{amb:.2f}'} | {r['scan_wall_s']:.0f} | "
+        f"| {name} | {noise} | {rates(r)} | {pr} | {f1} | {best} | {ratio} | {fmt(lf['auroc'])} | "
+        f"{refined} | {fmt(r['teacher_accuracy'])} | {relabels(r)} | {'-' if amb is None or amb != amb else f'{amb:.2f}'} | {r['scan_wall_s']:.0f} | "
         f"{row_seconds(r):.0f} |"
     )
 

@@ -15,7 +15,8 @@ everything seeded):
   `-n12k` a stratified 12,000-row subset, `-restore<p>` p% of the wrong labels set back to the
   truth (a label set cleaner than the one the model learned from), `-animals` / `-vehicles` /
   `-catdog` the rows whose true and given classes are in that subset (probabilities restricted
-  and renormalised).
+  and renormalised), `-n2831-weak` a 2,831-row subset with a weaker model (log-probabilities
+  plus Gaussian noise).
 
 * `cifar-given-<model>`: ../shared/data/cifar10s-pred-probs, the published 20%-noisy labels with
   each of the five models' probabilities (all 50,000 rows).
@@ -93,6 +94,10 @@ def _catalogue() -> dict[str, tuple[str, dict]]:
     rows["h-r50-animals"] = ("human", dict(models=["r50"], classes=[2, 3, 4, 5, 6, 7]))
     rows["h-swin-vehicles"] = ("human", dict(models=["swin"], classes=[0, 1, 8, 9]))
     rows["h-ens3-catdog"] = ("human", dict(models=["r18", "r50", "twins"], classes=[3, 5]))
+    # small sets with a weaker model (its log-probabilities perturbed): 2,831 rows as a small
+    # hand-checked set might have
+    rows["h-r50-n2831-weak"] = ("human", dict(models=["r50"], n=2831, degrade=1.5, seed=2))
+    rows["h-twins-n2831-weak"] = ("human", dict(models=["twins"], n=2831, degrade=2.5, seed=3))
     for m in ("r18", "eb1", "r50", "twins", "swin"):
         rows[f"cifar-given-{m}"] = ("cifar", dict(model=m, noise="given"))
 

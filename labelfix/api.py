@@ -78,10 +78,11 @@ def _evidence(labels, pred_probs, features, *, k, num_classes, folds, seed, devi
         if isinstance(pred_probs, (list, tuple)):  # several models' probabilities of the same rows: their mean
             if not pred_probs:
                 raise InputError("pred_probs: an empty list (give one (N, C) array per model)")
-            parts = [
-                check_pred_probs(_check_matrix(p, f"pred_probs[{i}]", len(y), num_classes), None, f"pred_probs[{i}]")
-                for i, p in enumerate(pred_probs)
-            ]
+            parts = []
+            for i, p in enumerate(pred_probs):  # every model with the first one's columns
+                width = num_classes if not parts else parts[0].shape[1]
+                m = _check_matrix(p, f"pred_probs[{i}]", len(y), width)
+                parts.append(check_pred_probs(m, None, f"pred_probs[{i}]"))
             shapes = {p.shape for p in parts}
             if len(shapes) > 1:
                 raise InputError(
@@ -126,7 +127,8 @@ def find_label_issues(
         labels: (N,) integer class indices 0..C-1, the labels you do not fully trust.
         pred_probs: (N, C) out-of-sample predicted probabilities (each row from a model that did
             not train on that row, e.g. K-fold cross-validation), as for cleanlab; or a list of
-            such arrays, one per model, pooled (weights fitted by the likelihood of the labels) as (`scan --pred-probs A --pred-probs B`).
+            such arrays, one per model, combined as `scan --pred-probs A --pred-probs B` does
+            (labelfix.core.detect.pool_models).
         features: (N, D) embeddings. With pred_probs they add a neighbour graph that is
             independent evidence; alone, a cross-fitted linear head on them gives the
             probabilities (`folds` folds).
@@ -249,7 +251,7 @@ def scan(
     *,
     out: str | Path,
     labels_csv: str | Path | None = None,
-    pred_probs: str | Path | None = None,
+    pred_probs: str | Path | list | tuple | None = None,
     embeddings: str | Path | None = None,
     classes: list[str] | None = None,
     path_col: str = "path",
@@ -260,7 +262,8 @@ def scan(
 ):
     """`labelfix scan` as a function: writes the run folder `out`, returns a ScanResult
     (out_dir, summary, table, baseline diff). `config` is a labelfix.ScanConfig (defaults as the
-    CLI's); `baseline` an earlier run folder or its scan.parquet (new, fixed, unchanged issues)."""
+    CLI's); `baseline` an earlier run folder or its scan.parquet (new, fixed, unchanged issues);
+    `pred_probs` one .npy path, or a list of them (one per model, as `--pred-probs` repeated)."""
     from labelfix.commands.scan import ScanInputs
     from labelfix.commands.scan import scan as run_scan
     from labelfix.config import ScanConfig
@@ -274,11 +277,21 @@ def scan(
         path_col=path_col,
         label_col=label_col,
         classes=classes,
-        pred_probs=opt(pred_probs),
+        pred_probs=_prob_paths(pred_probs),
         embeddings=opt(embeddings),
         baseline=opt(baseline),
     )
     return run_scan(inputs, config or ScanConfig(), Path(out), progress)
+
+
+def _prob_paths(pred_probs):
+    """scan's pred_probs: None, one path, or a tuple of paths (a list of one is that path)."""
+    if pred_probs is None or isinstance(pred_probs, (str, Path)):
+        return None if pred_probs is None else Path(pred_probs)
+    paths = tuple(Path(p) for p in pred_probs)
+    if not paths:
+        raise InputError("pred_probs: an empty list (give one .npy path per model)")
+    return paths[0] if len(paths) == 1 else paths
 
 
 def refine(run_dir: str | Path, *, config=None, mutual: bool = True, progress=None) -> dict:

@@ -266,6 +266,7 @@ def human_row(
     restore: float = 0.0,
     classes: list[int] | None = None,
     seed: int = 0,
+    degrade: float = 0.0,
 ) -> Row:
     """A row from `data/cifar10n-aggre-pred-probs`: the human labels as given (CIFAR-10N
     aggregate) and the out-of-sample probabilities of models cross-fitted on those same labels.
@@ -273,7 +274,8 @@ def human_row(
     `n`: a stratified subset of the rows. `restore`: a seeded share of the wrong labels set back
     to the truth (a label set less noisy than the one the models learned from). `classes`: the
     rows whose true and given labels are both among these classes, probabilities restricted to
-    their columns and renormalised."""
+    their columns and renormalised. `degrade`: a weaker model that learned the same labels, its
+    log-probabilities plus seeded Gaussian noise of that standard deviation (renormalised)."""
     d = Path(data) / HUMAN_DIR
     true = np.load(d / "true_labels.npy").astype(np.int64)
     given = np.load(d / "noisy_labels.npy").astype(np.int64)
@@ -296,10 +298,18 @@ def human_row(
         wrong = np.flatnonzero(given != true)
         back = rng.choice(wrong, int(round(restore * len(wrong))), replace=False)
         given[back] = true[back]
+    if degrade > 0:
+        rng = np.random.default_rng([seed, 7718])
+        probs = [
+            renormalise(np.exp(np.log(np.clip(p, 1e-6, 1.0)) + degrade * rng.normal(0, 1, p.shape))).astype(np.float32)
+            for p in probs
+        ]
     mean = probs[0] if len(probs) == 1 else np.mean(np.stack(probs), axis=0).astype(np.float32)
     info = {
         "group": "human",
-        "noise": "human (CIFAR-10N aggregate)" + (f", {restore:.0%} of wrong restored" if restore else ""),
+        "noise": "human (CIFAR-10N aggregate)"
+        + (f", {restore:.0%} of wrong restored" if restore else "")
+        + (f", model degraded (log-noise sd {degrade:g})" if degrade else ""),
         "rate": None,
         "model": "+".join(models) if len(models) > 1 else models[0],
         "imbalance": None,

@@ -115,6 +115,7 @@ def _evaluate_run(run: Path, y_noisy: np.ndarray, y_true: np.ndarray, compare: b
     refined = soft.argmax(1)
     wrong_refined = refined != y_true
     amb = ref["ambiguity"].to_numpy()
+    relabel = (ref["action"] == "relabel").to_numpy()
     row = {
         "samples": int(len(y_true)),
         "actual_noise_rate": round(float(truth.mean()), 4),
@@ -124,6 +125,9 @@ def _evaluate_run(run: Path, y_noisy: np.ndarray, y_true: np.ndarray, compare: b
         "flagged_share": round(float(scan_df["is_issue"].to_numpy().mean()), 4),
         "given_accuracy": round(float((~truth).mean()), 4),
         "refined_accuracy": round(float((~wrong_refined).mean()), 4),
+        # refine's relabels (what labels.refined.csv applies without a person): how many, how often right
+        "relabels": int(relabel.sum()),
+        "relabel_precision": round(float((~wrong_refined[relabel]).mean()), 4) if relabel.any() else None,
         "teacher_accuracy": round(float((list_column(scan_df, "teacher_probs").argmax(1) == y_true).mean()), 4),
         "ambiguity_wrong_over_right": _finite_or_none(
             amb[wrong_refined].mean() / max(amb[~wrong_refined].mean(), 1e-12) if wrong_refined.any() else None, 2

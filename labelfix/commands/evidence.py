@@ -73,8 +73,9 @@ def given_evidence(inputs: ScanInputs, labels: LabelSet, seed: int = 0) -> Evide
 
 def ensemble_probs(first, more: tuple[Path, ...], labels: LabelSet, seed: int = 0) -> tuple[np.ndarray, tuple]:
     """Several models' probabilities (the first already loaded), each file checked as one
-    --pred-probs is, pooled into one (N, C) float32 array (labelfix.core.detect.pool_models:
-    weights fitted by the likelihood of the given labels). In memory: N x C x 4 bytes a model."""
+    --pred-probs is, made one (N, C) float32 array by labelfix.core.detect.pool_models (their
+    fitted pool, or the model whose posteriors expect the best F1). In memory: N x C x 4 bytes a
+    model."""
     from labelfix.core.detect import pool_models
 
     c = len(labels.class_names)

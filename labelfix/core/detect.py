@@ -280,16 +280,27 @@ def label_weight(pi: np.ndarray, y: np.ndarray, transition: np.ndarray, floor: f
     not fall below `floor` (rows), the noise the data show without any prior for the label
     (labelfix.core.detect.noise_floor). Where it does, the label's evidence is weighted down,
     T[j, y]^beta, with beta the largest value (bisection) whose expected count reaches the floor;
-    beta = 1 (the plain posterior) wherever it already does."""
+    beta = 1 (the plain posterior) wherever it already does, or where no beta > 0 can."""
 
-    def expected(beta: float) -> float:
-        return float(posterior_wrong(pi, y, transition, beta)[0].sum())
+    from labelfix.core.sparse import chunks
+
+    def expected(beta: float) -> float:  # sum of P(wrong) in row blocks: no N x C temporaries
+        total = 0.0
+        for s in chunks(*pi.shape):
+            lik = transition[:, y[s]].T ** beta
+            num = pi[s] * lik
+            total += float((1.0 - num[np.arange(s.stop - s.start), y[s]] / np.maximum(num.sum(1), 1e-300)).sum())
+        return total
 
     if expected(1.0) >= floor:
         return 1.0
-    if expected(0.0) <= floor:
-        return 0.0
-    lo, hi = 0.0, 1.0  # expected(lo) > floor > expected(hi)
+    # T[j, y] = 0 (no confident example of true j given y) stays 0 for every beta > 0: when even
+    # beta -> 0 cannot reach the floor, the confident joint rules out the mistakes the floor
+    # counts (a clean set's model errors: digits at 0% noise) and the label keeps full weight.
+    # beta = 0 itself (a flat prior) would be a jump, not a weight.
+    if expected(tol) < floor:
+        return 1.0
+    lo, hi = tol, 1.0  # expected(lo) >= floor > expected(hi)
     while hi - lo > tol:
         mid = 0.5 * (lo + hi)
         if expected(mid) >= floor:
@@ -307,24 +318,64 @@ def noise_floor(probs: np.ndarray, y: np.ndarray) -> float:
     return majority_against(probs, y)
 
 
+def expected_f1(p_wrong: np.ndarray, flags: np.ndarray) -> float:
+    """The plug-in expected F1 of `flags` with P(wrong) taken as calibrated:
+    2 sum_flagged P / (n_flagged + sum P) (0 when nothing is flagged or expected wrong)."""
+    p = np.asarray(p_wrong, dtype=np.float64)
+    denom = float(flags.sum()) + float(p.sum())
+    return 2.0 * float(p[flags].sum()) / denom if denom > 0 else 0.0
+
+
+POOL_GRID_MODELS = 4  # above, the pool's weights are equal (the simplex grid grows as steps^(models - 1))
+
+
 def pool_models(models: list[np.ndarray], y: np.ndarray, seed: int = 0) -> tuple[np.ndarray, tuple]:
-    """Several models' probabilities of the same rows as one (N, C) float32 array: their
-    log-linear pool, weights and temperature fitted (fit_pool) by the likelihood of the given
-    labels under the noise model of the models' mean, so a stronger model gets the larger weight
-    and the pool is as confident as the labels support (a pool of models is less confident than
-    each). Measured on CIFAR-10N's five models: weights 0.2/0.2/0/0.2/0.4 at temperature 0.69,
-    flag F1 0.916, against 0.852 for the plain mean and 0.894 for the pool at temperature 1.
-    Returns (probabilities, weights)."""
+    """Several models' probabilities of the same rows as one (N, C) float32 array.
+
+    The candidates: the models' log-linear pool at temperature 1 (a pool that gives one model all
+    the weight is that model exactly), its weights fitted (fit_pool, simplex grid) by the
+    likelihood of the given labels under the noise model of the models' mean, equal above
+    POOL_GRID_MODELS models; and each model alone. A candidate is credible when its argmax agrees
+    with the given labels at least as often as the pool's, less two binomial standard errors (a
+    useless or misaligned model never is). Of the credible ones, the one whose own detection
+    (without the graph) expects the best F1 (expected_f1) is kept. Why not simply the pool: the
+    likelihood rewards a model for predicting the given labels, wrong ones included, so a weaker
+    model that learned more of the mistakes keeps weight (CIFAR-10N's five models: 0.2/0.2/0/0.2/0.4,
+    flag F1 0.894; the strongest alone 0.929, and it expects the best F1, 0.893 against the pool's
+    0.878). Up to SPARSE_ABOVE classes; above, the pool. Returns (probabilities, weights: one-hot
+    when a single model was kept)."""
     y = np.asarray(y, dtype=np.int64)
-    n = len(y)
-    mean = np.mean(np.stack([np.asarray(m, dtype=np.float32) for m in models]), axis=0)
-    transition = transition_from_joint(confident_joint(mean, y).joint)
-    rng = np.random.default_rng([seed, 2025])
-    fit_rows = max(20_000, 1_000_000 // max(mean.shape[1], 1))
-    rows = np.sort(rng.choice(n, fit_rows, replace=False)) if n > fit_rows else np.arange(n)
-    weights, temperature = fit_pool(list(models), y, transition, rows)
+    n, k = len(y), len(models)
     logs = [np.log(np.clip(np.asarray(m, dtype=np.float64), PROB_FLOOR, 1.0)) for m in models]
-    return _pool(logs, weights, temperature).astype(np.float32), tuple(float(w) for w in weights)
+    if k > POOL_GRID_MODELS:
+        weights = tuple(1.0 / k for _ in models)
+    else:
+        mean = np.mean(np.stack([np.asarray(m, dtype=np.float32) for m in models]), axis=0)
+        transition = transition_from_joint(confident_joint(mean, y).joint)
+        rng = np.random.default_rng([seed, 2025])
+        fit_rows = max(20_000, 1_000_000 // max(mean.shape[1], 1))
+        rows = np.sort(rng.choice(n, fit_rows, replace=False)) if n > fit_rows else np.arange(n)
+        weights = tuple(float(w) for w in fit_pool(list(models), y, transition, rows)[0])
+    pooled = _pool(logs, weights, 1.0).astype(np.float32)
+    if is_sparse(pooled.shape[1]):
+        return pooled, weights
+    candidates = [(pooled, weights)]
+    for i, m in enumerate(models):
+        candidates.append((np.asarray(m, dtype=np.float32), tuple(float(i == j) for j in range(k))))
+    agree = [float((p.argmax(axis=1) == y).mean()) for p, _ in candidates]
+    bar = agree[0] - 2.0 * np.sqrt(max(agree[0] * (1.0 - agree[0]), 1e-12) / max(n, 1))
+    self_ids = np.arange(n, dtype=np.int64)[:, None]
+    best, best_score = 0, -1.0
+    for i, (probs, _) in enumerate(candidates):
+        if agree[i] < bar:
+            continue
+        det = detect(
+            probs, y, self_ids, np.zeros((n, 1), np.float32), False, seed=seed, stages=Stages(graph_vote=False)
+        )
+        score = expected_f1(det.p_wrong, det.flags)
+        if score > best_score + 1e-12:
+            best, best_score = i, score
+    return candidates[best]
 
 
 def posterior_wrong(

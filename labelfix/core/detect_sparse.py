@@ -122,11 +122,9 @@ def label_weight(pi: Scores, cands: Candidates, y, transition, floor: float, tol
     def expected(beta: float) -> float:
         return float(posterior_wrong(pi, cands, y, transition, beta)[0].sum())
 
-    if expected(1.0) >= floor:
+    if expected(1.0) >= floor or expected(tol) < floor:  # see the dense rule
         return 1.0
-    if expected(0.0) <= floor:
-        return 0.0
-    lo, hi = 0.0, 1.0
+    lo, hi = tol, 1.0
     while hi - lo > tol:
         mid = 0.5 * (lo + hi)
         lo, hi = (mid, hi) if expected(mid) >= floor else (lo, mid)

@@ -199,6 +199,10 @@ def _catalogue() -> dict[str, tuple[str, dict]]:
     s("syn10-comparable-pair20", **ten, emb_noise=3.5, probe_dim=8, probe_noise=0.6, noise="pair", rate=0.2)
     s("syn10-embstrong-pair20", **ten, emb_noise=2.5, probe_dim=8, probe_noise=1.0, noise="pair", rate=0.2)
     s("syn10-probstrong-rpair20", **ten, emb_noise=4.0, probe_dim=16, probe_noise=0.4, noise="random-pair", rate=0.2)
+    # plausible mistakes (each flipped sample lies nearest the class it is given), learned by the
+    # probe trained on them: the synthetic kind of CIFAR-10N's human noise
+    s("syn10-comparable-plausible20", **ten, emb_noise=3.5, probe_dim=8, probe_noise=0.6, noise="plausible", rate=0.2)
+    s("syn10-probstrong-plausible10", **ten, emb_noise=4.0, probe_dim=16, probe_noise=0.4, noise="plausible", rate=0.1)
     # 50 classes, 15,000 x 128 (300 per class)
     fifty = dict(n=15_000, num_classes=50)
     s("syn50-comparable-sym30", **fifty, emb_noise=3.0, probe_dim=16, probe_noise=0.8, noise="symmetric", rate=0.3)

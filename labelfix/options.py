@@ -74,7 +74,8 @@ PredProbs = Annotated[
     typer.Option(
         "--pred-probs",
         help="(N, C) .npy of out-of-sample probabilities; replaces the teacher. Give it once per model "
-        "(same rows, same columns) to use several models: their probabilities are averaged.",
+        "(same rows, same columns) to use several models: their fitted pool, or the one model whose "
+        "posteriors expect the best F1 (README).",
     ),
 ]
 Embeddings = Annotated[

@@ -227,3 +227,20 @@ def test_weak_teacher_run_relabels_nothing_and_says_why(tmp_path):
     table, _ = labelfix.refine_labels(given, pred_probs=probs, allow_weak_teacher=True)
     assert (table["action"] == "relabel").sum() == 0
     assert any("nothing relabelled" in w for w in table.attrs["summary"]["warnings"])
+
+
+def test_plausible_noise_flips_the_samples_nearest_another_class_to_it():
+    from labelfix.core.noise import plausible_noise
+
+    rng = np.random.default_rng(4)
+    centres = rng.normal(0, 3, (4, 6))
+    y = rng.integers(0, 4, 2000)
+    latent = centres[y] + rng.normal(0, 1.5, (2000, 6))
+    noisy = plausible_noise(y, latent, centres, 0.15, seed=0)
+    flipped = noisy != y
+    assert flipped.sum() == 300
+    d = ((latent[:, None, :] - centres[None]) ** 2).sum(-1)
+    d[np.arange(2000), y] = np.inf
+    assert (noisy[flipped] == d[flipped].argmin(1)).all()  # to the nearest other class
+    margin = d.min(1) - ((latent - centres[y]) ** 2).sum(-1)
+    assert np.median(margin[flipped]) < np.percentile(margin[~flipped], 10)  # the ambiguous ones

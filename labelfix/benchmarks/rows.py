@@ -109,9 +109,11 @@ def synthetic_row(
     `probe_from="embeddings"`: the same projection of the embeddings plus noise (probabilities
     strictly weaker than the embeddings). The probe (multinomial logistic regression, 2-fold
     cross-fitting) trains on the noisy labels, as a user's model would.
-    Noise: "symmetric", "pair" (k -> k+1) or "random-pair" (a seeded pairing of the classes).
+    Noise: "symmetric", "pair" (k -> k+1), "random-pair" (a seeded pairing of the classes) or
+    "plausible" (labelfix.core.noise.plausible_noise: the samples nearest another class get it,
+    mistakes the probe then learns).
     """
-    from labelfix.core.noise import asymmetric_noise, random_pairs, symmetric_noise
+    from labelfix.core.noise import asymmetric_noise, plausible_noise, random_pairs, symmetric_noise
 
     rng = np.random.default_rng([seed, 5150, num_classes, dim])
     c = num_classes
@@ -131,6 +133,8 @@ def synthetic_row(
         noisy = asymmetric_noise(y, rate, c, seed)
     elif noise == "random-pair":
         noisy = asymmetric_noise(y, rate, c, seed, random_pairs(c, seed))
+    elif noise == "plausible":
+        noisy = plausible_noise(y, latent, centres, rate, seed)
     else:
         raise ValueError(f"unknown synthetic noise {noise!r}")
     probs = cross_fitted_probe(view, noisy, c, seed)

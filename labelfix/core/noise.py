@@ -67,6 +67,25 @@ def instance_noise(y: np.ndarray, features: np.ndarray, rate: float, num_classes
     return noisy
 
 
+def plausible_noise(y: np.ndarray, latent: np.ndarray, centres: np.ndarray, rate: float, seed: int) -> np.ndarray:
+    """People's kind of mistake: the `rate` share of samples that lie nearest to another class
+    (smallest margin between the distance to their own class centre and to the nearest other
+    one, with a little seeded jitter) get that nearest other class. The mistakes are plausible
+    and consistent, so a model trained on these labels learns them, as models trained on
+    CIFAR-10N's human labels do."""
+    rng = np.random.default_rng([seed, 4321])
+    d = ((np.asarray(latent)[:, None, :] - np.asarray(centres)[None, :, :]) ** 2).sum(-1)
+    own = d[np.arange(len(y)), y]
+    d[np.arange(len(y)), y] = np.inf
+    other = d.argmin(1)
+    margin = d.min(1) - own
+    margin = margin / (margin.std() + 1e-12) + 0.1 * rng.normal(0, 1, len(y))
+    flip = np.argsort(margin, kind="stable")[: int(round(rate * len(y)))]
+    noisy = np.asarray(y).copy()
+    noisy[flip] = other[flip]
+    return noisy
+
+
 def inject(kind: str, y: np.ndarray, rate: float, num_classes: int, seed: int, features=None, pairs=None) -> np.ndarray:
     if kind == "symmetric":
         return symmetric_noise(y, rate, num_classes, seed)

@@ -292,21 +292,22 @@ def label_weight(pi: np.ndarray, y: np.ndarray, transition: np.ndarray, floor: f
             total += float((1.0 - num[np.arange(s.stop - s.start), y[s]] / np.maximum(num.sum(1), 1e-300)).sum())
         return total
 
-    if expected(1.0) >= floor:
-        return 1.0
-    # T[j, y] = 0 (no confident example of true j given y) stays 0 for every beta > 0: when even
-    # beta -> 0 cannot reach the floor, the confident joint rules out the mistakes the floor
-    # counts (a clean set's model errors: digits at 0% noise) and the label keeps full weight.
-    # beta = 0 itself (a flat prior) would be a jump, not a weight.
-    if expected(tol) < floor:
+    return bisect_weight(expected, floor, tol)
+
+
+def bisect_weight(expected, floor: float, tol: float = 1e-3) -> float:
+    """The largest beta in [tol, 1] with expected(beta) >= floor (expected decreases in beta),
+    by bisection; 1 when expected(1) already reaches the floor or when expected(tol) cannot.
+    T[j, y] = 0 (no confident example of true j given y) stays 0 for every beta > 0: when even
+    beta -> 0 cannot reach the floor, the confident joint rules out the mistakes the floor counts
+    (a clean set's model errors: digits at 0% noise) and the label keeps full weight; beta = 0
+    itself (a flat prior) would be a jump, not a weight."""
+    if expected(1.0) >= floor or expected(tol) < floor:
         return 1.0
     lo, hi = tol, 1.0  # expected(lo) >= floor > expected(hi)
     while hi - lo > tol:
         mid = 0.5 * (lo + hi)
-        if expected(mid) >= floor:
-            lo = mid
-        else:
-            hi = mid
+        lo, hi = (mid, hi) if expected(mid) >= floor else (lo, mid)
     return lo
 
 

@@ -18,6 +18,7 @@ from labelfix.core.detect import (
     TEMPERATURES,
     Detection,
     PoolFits,
+    bisect_weight,
     f1_threshold,
     fit_key,
     transition_from_joint,
@@ -122,13 +123,7 @@ def label_weight(pi: Scores, cands: Candidates, y, transition, floor: float, tol
     def expected(beta: float) -> float:
         return float(posterior_wrong(pi, cands, y, transition, beta)[0].sum())
 
-    if expected(1.0) >= floor or expected(tol) < floor:  # see the dense rule
-        return 1.0
-    lo, hi = tol, 1.0
-    while hi - lo > tol:
-        mid = 0.5 * (lo + hi)
-        lo, hi = (mid, hi) if expected(mid) >= floor else (lo, mid)
-    return lo
+    return bisect_weight(expected, floor, tol)
 
 
 def confident_joint(scores: Scores, cands: Candidates, y: np.ndarray) -> np.ndarray:

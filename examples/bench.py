@@ -2,7 +2,7 @@
 
 Fashion-MNIST (../shared/data/fashion-mnist.npz, 20,000-image stratified subset written as PNGs)
 under symmetric, asymmetric and instance-dependent noise, the published CIFAR-10
-probabilities (../shared/data/cifar10s-pred-probs), and small image-set variants (issue 10's
+probabilities (../shared/data/cifar10s-pred-probs), and small image-set variants (the
 generalisation matrix: scikit-learn's digits plain, tinted RGB, inverted, binarised, resized to 16 px, 3
 classes, long-tailed, and a long-tailed Fashion-MNIST subset; builders from
 examples/teacher_matrix.py), each through the real scan + refine, with cleanlab's variants on the
@@ -40,7 +40,7 @@ FMNIST_ROWS = {
     "inst40": ("instance", 0.4, None, None),
 }
 CIFAR_ROWS = {"cifar-resnet18": ("resnet18", 0.942), "cifar-swin": ("swin", 0.987)}
-# Image-set variants (issue 10): name: (image set, noise kind, rate). Report only: F1 next to the
+# Image-set variants: name: (image set, noise kind, rate). Report only: F1 next to the
 # best cleanlab variant; refined accuracy against the floor max(given accuracy, teacher accuracy);
 # at 0% noise the flagged share against the teacher's held-out error (and <= 3% on digits).
 # Each is a few hundred to ~2,000 small images, well under 2 minutes on 2 cores.
@@ -289,7 +289,7 @@ def markdown(results: dict, command: str, total_s: float, repeats: int) -> str:
     if image_names:
         lines += [
             "",
-            "Image-set variants (`digits-*`, `fmnist-longtail30`; issue 10's generalisation matrix, report only): "
+            "Image-set variants (`digits-*`, `fmnist-longtail30`; the generalisation matrix, report only): "
             "the refined accuracy is checked against the floor max(given accuracy, teacher accuracy) (✓ when at or "
             "above it); rows with 0% noise have no F1, so their F1 cell compares labelfix's flagged share with the "
             "teacher's held-out error rate (1 - teacher acc; ✓ when the share is at most that, and at most 3% on "

@@ -1,4 +1,4 @@
-"""The image path at scale (issue 13): images/s of decoding a folder of image files into the
+"""The image path at scale: images/s of decoding a folder of image files into the
 on-disk array, of training the auto teacher from that array, and of inference from it, on CPU.
 
     .venv/bin/python examples/bench_images.py            # 100,000 28 px PNGs (15-20 min on 2 cores)
@@ -9,7 +9,7 @@ written as PNG files under --work, once (reused while present); past its 70,000 
 repeat mirrored, so every file (and digest) is distinct. Measured, each the median of --repeats:
 
 * decode: `files.images.decode_images` with worker processes, with threads (the path before
-  issue 13) and, once, in this process; plus the start-up cost of the workers (16 files).
+  the earlier path) and, once, in this process; plus the start-up cost of the workers (16 files).
 * train: `models.train.fit` steps of the auto teacher (its net, batch size, learning rate, no
   augmentation as at 100k) on --train-steps batches of rows drawn from the whole array, with the
   prefetcher reading the next batches in a background thread and without it (`Batches.ahead` 0).

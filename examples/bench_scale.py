@@ -1,4 +1,4 @@
-"""The cost model (issue 13): time and peak memory of `labelfix scan --pred-probs --embeddings`
+"""The cost model: time and peak memory of `labelfix scan --pred-probs --embeddings`
 and `labelfix refine` as the number of rows grows, per stage, with the fitted growth exponent;
 and cleanlab's Datalab(features=...) label check on one of the same inputs, timed side by side.
 

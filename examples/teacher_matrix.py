@@ -1,4 +1,4 @@
-"""Does the auto teacher learn on any reasonable image set? (issue 10)
+"""Does the auto teacher learn on any reasonable image set?
 
 For several image sets built from what is available offline (scikit-learn's digits and
 ../shared/data/fashion-mnist.npz, or $LABELFIX_DATA), injects symmetric label noise and trains
@@ -10,7 +10,7 @@ recipe each fold ended with and whether a fold was restarted.
     .venv/bin/python examples/teacher_matrix.py [--quick] [--rows digits,fmnist-rgb] [--noise 0.3]
         [--n 2000] [--device cpu] [--out docs/teacher_matrix.json]
 
-Writes a JSON file and prints a markdown table. Acceptance target of issue 10: at 30% symmetric
+Writes a JSON file and prints a markdown table. Acceptance target: at 30% symmetric
 noise, the gap to the ceiling is at most 5 points on every row and no row is near chance.
 
 Cost: the auto teacher trains about 80k sample visits per fold (40 epochs below 4,000 images), so
@@ -206,7 +206,7 @@ def main() -> None:
     ap.add_argument(
         "--baseline",
         action="store_true",
-        help="the recipe before issue 10 (GCE from the start, per-data-set normalisation, no restart), for comparison",
+        help="the earlier recipe (GCE from the start, per-data-set normalisation, no restart), for comparison",
     )
     ap.add_argument("--out", type=Path, default=Path("teacher_matrix.json"))
     args = ap.parse_args()

@@ -1,4 +1,4 @@
-"""`labelfix report`: one self-contained HTML page of a run directory (issue 12), from summary.json, scan.parquet,
+"""`labelfix report`: one self-contained HTML page of a run directory, from summary.json, scan.parquet,
 the kNN graph and, after refine, refined.parquet. The page needs no network and no other file: thumbnails are base64
 PNGs, plots are inline SVG and coloured tables, and there is no JavaScript (queue pages and neighbour lists are
 <details> elements). Every string from the data is escaped. Galleries and the queue are capped and embedded images

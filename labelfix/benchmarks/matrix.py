@@ -1,4 +1,4 @@
-"""The no-images generalisation matrix (issue 10): rows of (probabilities, optional embeddings,
+"""The no-images generalisation matrix: rows of (probabilities, optional embeddings,
 noisy labels, true labels), each run through labelfix's scan + refine exactly as a user would
 (Python API, files in a work folder) and through every cleanlab variant on the same inputs.
 

@@ -1,4 +1,4 @@
-"""Rows of the no-images generalisation matrix (issue 10): synthetic probability + embedding
+"""Rows of the no-images generalisation matrix: synthetic probability + embedding
 sets, class subsets, and CIFAR-10 rows from the published out-of-sample probabilities. Scoring
 and the cleanlab side are in labelfix.benchmarks.matrix."""
 

@@ -27,7 +27,7 @@ import numpy as np
 from labelfix.progress import NullProgress, Progress
 
 EXACT_LIMIT = 50_000  # exact search up to here (N^2 pairs)
-TARGET_RECALL = 0.97  # of the probe count on the sample (issue 13 asks >= 0.95)
+TARGET_RECALL = 0.97  # of the probe count on the sample (the target is >= 0.95)
 RECALL_SAMPLE = 1_000
 TRAIN_PER_LIST = 40  # k-means training rows per list
 KMEANS_ITERS = 10

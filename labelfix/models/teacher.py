@@ -64,7 +64,7 @@ __all__ = [
 # image and channel to zero mean and unit spread, so colour tints, inversion and contrast drop
 # out (26 tinted classes at 16 px, clean labels, 780 images: held-out accuracy 0.754, against
 # 0.103 for "fixed", which maps [0, 1] to [-1, 1] and let the model memorise colours); "data"
-# (before issue 10) uses the per-channel mean and spread of a 4,096-image sample.
+# (the earlier recipe) uses the per-channel mean and spread of a 4,096-image sample.
 NORMALISE = "image"
 NORM_MEAN, NORM_STD = 0.5, 0.5
 
